@@ -1,0 +1,244 @@
+//! Causal streaming convolutions, matching `moshi.modules.conv` (0.2.13).
+//!
+//! In the reference a non-streaming call is a streaming call on a fresh state: a causal conv
+//! left-pads with `(k-1)·dilation + 1 − stride` samples (zeros, or the first sample repeated in
+//! `replicate` mode) and never pads on the right; a transposed conv trims `k − stride` samples on
+//! the right. We keep exactly that: `forward` on a fresh state *is* the batch path, so streaming
+//! equals batch by construction and the tests check it anyway.
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{EngineError, Result};
+use crate::weights::get_checked;
+
+/// How the first chunk of a causal conv is left-padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PadMode {
+    /// Zeros (SEANet).
+    Constant,
+    /// The first input sample repeated (Mimi's downsampling conv).
+    Replicate,
+}
+
+/// Hyper-parameters of one conv layer (the weights carry the channel counts).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub bias: bool,
+    pub pad_mode: PadMode,
+}
+
+/// Causal Conv1d. Checkpoint names: `{prefix}.conv.conv.{weight,bias}`.
+#[derive(Debug, Clone)]
+pub struct StreamingConv1d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    dilation: usize,
+    /// Samples of left context carried between calls: effective kernel − stride.
+    context: usize,
+    pad_mode: PadMode,
+}
+
+/// Streaming state of a [`StreamingConv1d`]: the last `context` input samples, `None` before
+/// the first call (then the padding mode decides what stands there).
+#[derive(Debug, Clone, Default)]
+pub struct ConvState {
+    previous: Option<Tensor>,
+}
+
+impl StreamingConv1d {
+    pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("conv").pp("conv");
+        let weight = get_checked(&vb, &[spec.out_channels, spec.in_channels, spec.kernel], "weight")?;
+        let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
+        let effective = (spec.kernel - 1) * spec.dilation + 1;
+        Ok(Self {
+            weight,
+            bias,
+            stride: spec.stride,
+            dilation: spec.dilation,
+            context: effective - spec.stride,
+            pad_mode: spec.pad_mode,
+        })
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Convolve `x` [B, C, T] (T a positive multiple of the stride), continuing `state`.
+    /// Output [B, C_out, T / stride].
+    pub fn forward(&self, x: &Tensor, state: &mut ConvState) -> Result<Tensor> {
+        let (b, c, t) = x.dims3()?;
+        if t == 0 || t % self.stride != 0 {
+            return Err(EngineError::Streaming(format!(
+                "conv input of {t} steps is not a positive multiple of its stride {}",
+                self.stride
+            )));
+        }
+        let x = if self.context == 0 {
+            x.clone()
+        } else {
+            let previous = match (&state.previous, self.pad_mode) {
+                (Some(p), _) => {
+                    if p.dim(0)? != b {
+                        return Err(EngineError::Streaming(format!(
+                            "batch size changed mid-stream ({} then {b}); reset the state first",
+                            p.dim(0)?
+                        )));
+                    }
+                    p.clone()
+                }
+                (None, PadMode::Constant) => Tensor::zeros((b, c, self.context), x.dtype(), x.device())?,
+                (None, PadMode::Replicate) => x.narrow(2, 0, 1)?.broadcast_as((b, c, self.context))?,
+            };
+            Tensor::cat(&[&previous, x], 2)?
+        };
+        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        if self.context > 0 {
+            let total = x.dim(2)?;
+            state.previous = Some(x.narrow(2, total - self.context, self.context)?.contiguous()?);
+        }
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, (), 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// Causal ConvTranspose1d. Checkpoint names: `{prefix}.convtr.convtr.{weight,bias}`.
+/// `groups` is 1 (SEANet) or the channel count (Mimi's depthwise upsampling), which gets its
+/// own path: Candle runs a grouped transposed conv as one conv per group.
+#[derive(Debug, Clone)]
+pub struct StreamingConvTr1d {
+    /// [C_in, C_out / groups, K]
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    kernel: usize,
+    depthwise: bool,
+}
+
+/// Streaming state of a [`StreamingConvTr1d`]: the overlap-add tail (K − stride samples, bias
+/// removed) still owed to the next call's output.
+#[derive(Debug, Clone, Default)]
+pub struct ConvTrState {
+    partial: Option<Tensor>,
+}
+
+impl StreamingConvTr1d {
+    /// `groups` must be 1 or equal to `in_channels == out_channels`.
+    pub fn new(spec: ConvSpec, groups: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("convtr").pp("convtr");
+        let depthwise = groups > 1;
+        if depthwise && (groups != spec.in_channels || spec.in_channels != spec.out_channels) {
+            return Err(EngineError::InvalidInput(format!(
+                "transposed conv with {groups} groups over {}→{} channels: only 1 or depthwise is supported",
+                spec.in_channels, spec.out_channels
+            )));
+        }
+        let weight = get_checked(&vb, &[spec.in_channels, spec.out_channels / groups, spec.kernel], "weight")?;
+        let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
+        if depthwise && spec.kernel % spec.stride != 0 {
+            return Err(EngineError::InvalidInput(format!(
+                "depthwise transposed conv needs kernel {} to be a multiple of stride {}",
+                spec.kernel, spec.stride
+            )));
+        }
+        Ok(Self { weight, bias, stride: spec.stride, kernel: spec.kernel, depthwise })
+    }
+
+    /// Full transposed convolution without bias: [B, C_in, T] → [B, C_out, (T−1)·S + K].
+    fn convtr_full(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.depthwise {
+            return Ok(x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?);
+        }
+        // Depthwise: y[c, t·S + j] += x[c, t] · w[c, j]. Split the kernel in K/S blocks of S
+        // taps; block m of frame t lands on output frame t + m, so each block is one broadcast
+        // multiply, a reshape and a shift.
+        let (b, c, t) = x.dims3()?;
+        let s = self.stride;
+        let blocks = self.kernel / s;
+        let w = self.weight.reshape((c, self.kernel))?;
+        let mut out: Option<Tensor> = None;
+        for m in 0..blocks {
+            let wm = w.narrow(1, m * s, s)?.reshape((1, c, 1, s))?;
+            let part = x.unsqueeze(3)?.broadcast_mul(&wm)?.reshape((b, c, t * s))?;
+            let part = part.pad_with_zeros(2, m * s, (blocks - 1 - m) * s)?;
+            out = Some(match out {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+        Ok(out.expect("kernel has at least one block"))
+    }
+
+    /// Transposed conv of `x` [B, C, T], continuing `state`. Output [B, C_out, T · stride].
+    pub fn forward(&self, x: &Tensor, state: &mut ConvTrState) -> Result<Tensor> {
+        let (b, _c, t) = x.dims3()?;
+        if t == 0 {
+            return Err(EngineError::Streaming("transposed conv input has no steps".into()));
+        }
+        let y = self.convtr_full(x)?;
+        let tail = self.kernel - self.stride;
+        let total = y.dim(2)?;
+        let (out, new_partial) = if tail == 0 {
+            (y, None)
+        } else {
+            let y = match &state.partial {
+                Some(p) => {
+                    if p.dim(0)? != b {
+                        return Err(EngineError::Streaming(format!(
+                            "batch size changed mid-stream ({} then {b}); reset the state first",
+                            p.dim(0)?
+                        )));
+                    }
+                    let head = (y.narrow(2, 0, tail)? + p)?;
+                    Tensor::cat(&[&head, &y.narrow(2, tail, total - tail)?], 2)?
+                }
+                None => y,
+            };
+            let keep = total - tail;
+            (y.narrow(2, 0, keep)?, Some(y.narrow(2, keep, tail)?.contiguous()?))
+        };
+        state.partial = new_partial;
+        Ok(match &self.bias {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1))?)?,
+            None => out,
+        })
+    }
+}
+
+/// ELU with alpha 1, as `torch.nn.ELU()`.
+pub fn elu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.elu(1.0)?)
+}
+
+/// A 1×1 conv stored as `[out, in, 1]`, applied to [B, C, T] as a matmul.
+#[derive(Debug, Clone)]
+pub struct PointwiseConv {
+    /// [out, in]
+    weight: Tensor,
+}
+
+impl PointwiseConv {
+    pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let w = get_checked(&vb, &[out_channels, in_channels, 1], "weight")?;
+        Ok(Self { weight: w.squeeze(2)? })
+    }
+}
+
+impl Module for PointwiseConv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // [B, C, T] → [B, T, C] · Wᵀ → [B, T, O] → [B, O, T]
+        let xt = x.transpose(1, 2)?;
+        xt.broadcast_matmul(&self.weight.t()?)?.transpose(1, 2)
+    }
+}

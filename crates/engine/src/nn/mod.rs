@@ -1,0 +1,21 @@
+//! Building blocks shared by every model: streaming convolutions, norms, rotary embeddings,
+//! attention with its KV cache, and the one transformer used by Mimi (and later by the temporal
+//! LM and the depformer), which differ by configuration only.
+
+pub mod attention;
+pub mod conv;
+pub mod norm;
+pub mod rope;
+pub mod transformer;
+
+use candle_core::Tensor;
+use candle_nn::{Linear, VarBuilder};
+
+use crate::error::Result;
+use crate::weights::get_checked;
+
+/// A bias-free linear layer `{prefix}.weight` of shape [out, in].
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: &VarBuilder) -> Result<Linear> {
+    let w: Tensor = get_checked(vb, &[out_dim, in_dim], "weight")?;
+    Ok(Linear::new(w, None))
+}

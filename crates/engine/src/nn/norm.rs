@@ -1,0 +1,56 @@
+//! Normalisations: LayerNorm (Mimi, eps 1e-5, with bias) and RMSNorm computed in f32
+//! (the LM, eps 1e-8, weight `alpha` of shape [1, 1, dim]).
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::error::Result;
+use crate::weights::get_checked;
+
+/// Which normalisation a transformer uses (Kyutai's `norm` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum NormKind {
+    /// `layer_norm`: weight and bias, eps 1e-5.
+    #[serde(rename = "layer_norm")]
+    LayerNorm,
+    /// `rms_norm_f32`: `alpha`, eps 1e-8, computed in f32 whatever the model dtype.
+    #[serde(rename = "rms_norm_f32")]
+    RmsNormF32,
+}
+
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Layer(candle_nn::LayerNorm),
+    RmsF32 { alpha: Tensor, eps: f64 },
+}
+
+impl Norm {
+    pub fn new(kind: NormKind, dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            NormKind::LayerNorm => {
+                let w = get_checked(&vb, &[dim], "weight")?;
+                let b = get_checked(&vb, &[dim], "bias")?;
+                Norm::Layer(candle_nn::LayerNorm::new(w, b, 1e-5))
+            }
+            NormKind::RmsNormF32 => {
+                let alpha = get_checked(&vb, &[1, 1, dim], "alpha")?.to_dtype(DType::F32)?;
+                Norm::RmsF32 { alpha: alpha.flatten_all()?, eps: 1e-8 }
+            }
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Layer(ln) => ln.forward(x),
+            Norm::RmsF32 { alpha, eps } => {
+                let dtype = x.dtype();
+                let xf = x.to_dtype(DType::F32)?;
+                let var = (xf.sqr()?.mean_keepdim(D::Minus1)? + *eps)?;
+                let y = xf.broadcast_mul(&var.sqrt()?.recip()?)?.broadcast_mul(alpha)?;
+                y.to_dtype(dtype)
+            }
+        }
+    }
+}

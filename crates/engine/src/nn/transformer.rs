@@ -1,0 +1,223 @@
+//! The one transformer: pre-norm layers of causal self-attention and a feed-forward block, each
+//! residual optionally scaled by a LayerScale. Mimi uses LayerNorm + GELU + LayerScale; the LM
+//! (later issue) RMSNorm-f32 + gated SiLU, without LayerScale. Same code, different config.
+//!
+//! Checkpoint names under the transformer prefix: `layers.{i}.{norm1, self_attn, layer_scale_1,
+//! norm2, linear1, linear2 | gating, layer_scale_2}`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::attention::{Attention, KvCache};
+use super::linear_no_bias;
+use super::norm::{Norm, NormKind};
+use super::rope::Rope;
+use crate::error::Result;
+use crate::weights::get_checked;
+
+/// The feed-forward block's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnKind {
+    /// `linear2(gelu(linear1(x)))`, exact (erf) GELU (Kyutai's `gating: "none"`).
+    Gelu,
+    /// `linear_out(silu(a) * b)` with `[a, b] = linear_in(x)` (Kyutai's `gating: "silu"`).
+    GatedSilu,
+}
+
+/// Resolved transformer hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformerConfig {
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub dim_feedforward: usize,
+    /// Attention span in steps; also the streaming KV-cache capacity.
+    pub context: usize,
+    pub max_period: f64,
+    pub norm: NormKind,
+    pub ffn: FfnKind,
+    pub layer_scale: bool,
+    pub rope: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Ffn {
+    Gelu { linear1: Linear, linear2: Linear },
+    GatedSilu { linear_in: Linear, linear_out: Linear, hidden: usize },
+}
+
+impl Ffn {
+    fn new(cfg: &TransformerConfig, vb: &VarBuilder) -> Result<Self> {
+        let (d, f) = (cfg.d_model, cfg.dim_feedforward);
+        Ok(match cfg.ffn {
+            FfnKind::Gelu => Ffn::Gelu {
+                linear1: linear_no_bias(d, f, &vb.pp("linear1"))?,
+                linear2: linear_no_bias(f, d, &vb.pp("linear2"))?,
+            },
+            FfnKind::GatedSilu => {
+                let vb = vb.pp("gating");
+                Ffn::GatedSilu {
+                    linear_in: linear_no_bias(d, 2 * f, &vb.pp("linear_in"))?,
+                    linear_out: linear_no_bias(f, d, &vb.pp("linear_out"))?,
+                    hidden: f,
+                }
+            }
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Ffn::Gelu { linear1, linear2 } => linear2.forward(&linear1.forward(x)?.gelu_erf()?)?,
+            Ffn::GatedSilu { linear_in, linear_out, hidden } => {
+                let h = linear_in.forward(x)?;
+                let a = h.narrow(candle_core::D::Minus1, 0, *hidden)?;
+                let b = h.narrow(candle_core::D::Minus1, *hidden, *hidden)?;
+                linear_out.forward(&(candle_nn::ops::silu(&a)? * b)?)?
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    norm1: Norm,
+    attn: Attention,
+    layer_scale_1: Option<Tensor>,
+    norm2: Norm,
+    ffn: Ffn,
+    layer_scale_2: Option<Tensor>,
+}
+
+fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
+    Ok(match scale {
+        Some(s) => x.broadcast_mul(s)?,
+        None => x,
+    })
+}
+
+impl Layer {
+    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let rope = cfg.rope.then(|| Rope::new(d / cfg.num_heads, cfg.max_period));
+        let scale = |name: &str| -> Result<Option<Tensor>> {
+            if cfg.layer_scale {
+                Ok(Some(get_checked(&vb.pp(name), &[d], "scale")?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            norm1: Norm::new(cfg.norm, d, vb.pp("norm1"))?,
+            attn: Attention::new(d, cfg.num_heads, cfg.context, rope, vb.pp("self_attn"))?,
+            layer_scale_1: scale("layer_scale_1")?,
+            norm2: Norm::new(cfg.norm, d, vb.pp("norm2"))?,
+            ffn: Ffn::new(cfg, &vb)?,
+            layer_scale_2: scale("layer_scale_2")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, offset: usize, cache: &mut KvCache, capacity: Option<usize>) -> Result<Tensor> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, offset, cache, capacity)?;
+        let x = (x + scaled(a, &self.layer_scale_1)?)?;
+        let f = self.ffn.forward(&self.norm2.forward(&x)?)?;
+        Ok((x + scaled(f, &self.layer_scale_2)?)?)
+    }
+}
+
+/// Per-stream transformer state: one KV cache per layer and the position of the next step.
+#[derive(Debug, Clone, Default)]
+pub struct TransformerState {
+    caches: Vec<KvCache>,
+    offset: usize,
+}
+
+impl TransformerState {
+    /// Steps consumed so far.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+}
+
+/// A stack of layers over [B, T, d] inputs.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    cfg: TransformerConfig,
+    layers: Vec<Layer>,
+}
+
+impl Transformer {
+    /// `vb` points at the parent of `layers`.
+    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
+        Ok(Self { cfg: cfg.clone(), layers })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    /// Whole-sequence forward (every key kept; the context mask still applies).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, &mut TransformerState::default(), None)
+    }
+
+    /// Streaming forward of the next `T` steps, continuing `state`.
+    pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
+        self.run(x, state, Some(self.cfg.context))
+    }
+
+    fn run(&self, x: &Tensor, state: &mut TransformerState, capacity: Option<usize>) -> Result<Tensor> {
+        if state.caches.len() != self.layers.len() {
+            state.caches = vec![KvCache::default(); self.layers.len()];
+        }
+        let t = x.dim(1)?;
+        let mut x = x.clone();
+        for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
+            x = layer.forward(&x, state.offset, cache, capacity)?;
+        }
+        state.offset += t;
+        Ok(x)
+    }
+}
+
+/// Kyutai's `ProjectedTransformer` with `conv_layout`: [B, C, T] in and out, optional input and
+/// output projections when the model width differs from the signal's. Checkpoint names:
+/// `{prefix}.transformer.layers.*`, `{prefix}.input_proj.weight`, `{prefix}.output_projs.0.weight`.
+#[derive(Debug, Clone)]
+pub struct ProjectedTransformer {
+    input_proj: Option<Linear>,
+    transformer: Transformer,
+    output_proj: Option<Linear>,
+}
+
+impl ProjectedTransformer {
+    pub fn new(cfg: &TransformerConfig, input_dim: usize, output_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let input_proj = if input_dim != d { Some(linear_no_bias(input_dim, d, &vb.pp("input_proj"))?) } else { None };
+        let output_proj =
+            if output_dim != d { Some(linear_no_bias(d, output_dim, &vb.pp("output_projs").pp(0))?) } else { None };
+        Ok(Self { input_proj, transformer: Transformer::new(cfg, vb.pp("transformer"))?, output_proj })
+    }
+
+    fn wrap(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let mut x = x.transpose(1, 2)?;
+        if let Some(p) = &self.input_proj {
+            x = p.forward(&x)?;
+        }
+        let mut y = f(&x)?;
+        if let Some(p) = &self.output_proj {
+            y = p.forward(&y)?;
+        }
+        Ok(y.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// Whole-sequence forward of [B, C, T].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.wrap(x, |x| self.transformer.forward(x))
+    }
+
+    /// Streaming forward of the next steps of [B, C, T].
+    pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
+        self.wrap(x, |x| self.transformer.step(x, state))
+    }
+}
