@@ -9,6 +9,7 @@
 pub mod config;
 pub mod quantizer;
 pub mod seanet;
+pub mod tiny;
 
 use std::path::Path;
 
@@ -132,6 +133,16 @@ impl Mimi {
         Self::new(cfg, vb)
     }
 
+    /// Load a model folder holding `config.json` (Kyutai's field names; the real Mimi's values
+    /// when absent) and one Mimi safetensors file (`model.safetensors`, or the released
+    /// `tokenizer-e351c8d8-checkpoint125.safetensors`, or the only `tokenizer*.safetensors`).
+    pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let cfg = if cfg_path.exists() { MimiConfig::from_json_file(&cfg_path)? } else { MimiConfig::default() };
+        let weights = find_weights(dir)?;
+        Self::load(&weights, &cfg, dtype, device)
+    }
+
     pub fn config(&self) -> &MimiConfig {
         &self.cfg
     }
@@ -243,5 +254,28 @@ impl Mimi {
     /// Streaming decode of the next frames: codes [B, K, n] → pcm [B, 1, n·1920].
     pub fn decode_step(&self, codes: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
         Ok(self.decode_step_stages(codes, state)?.pcm)
+    }
+}
+
+/// The Mimi weights file in `dir`.
+fn find_weights(dir: &Path) -> Result<std::path::PathBuf> {
+    let err = |msg: String| EngineError::ModelFiles { path: dir.to_path_buf(), msg };
+    for name in ["model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors"] {
+        if dir.join(name).is_file() {
+            return Ok(dir.join(name));
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot list folder: {e}")))?;
+    let candidates: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            n.starts_with("tokenizer") && n.ends_with(".safetensors")
+        })
+        .collect();
+    match candidates.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(err("no Mimi weights: expected model.safetensors or tokenizer-*.safetensors".into())),
+        many => Err(err(format!("{} candidate Mimi weight files; pass one file explicitly", many.len()))),
     }
 }

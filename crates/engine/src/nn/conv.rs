@@ -114,8 +114,7 @@ impl StreamingConv1d {
 }
 
 /// Causal ConvTranspose1d. Checkpoint names: `{prefix}.convtr.convtr.{weight,bias}`.
-/// `groups` is 1 (SEANet) or the channel count (Mimi's depthwise upsampling), which gets its
-/// own path: Candle runs a grouped transposed conv as one conv per group.
+/// `groups` is 1 (SEANet) or the channel count (Mimi's depthwise upsampling).
 #[derive(Debug, Clone)]
 pub struct StreamingConvTr1d {
     /// [C_in, C_out / groups, K]
@@ -146,38 +145,44 @@ impl StreamingConvTr1d {
         }
         let weight = get_checked(&vb, &[spec.in_channels, spec.out_channels / groups, spec.kernel], "weight")?;
         let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
-        if depthwise && spec.kernel % spec.stride != 0 {
-            return Err(EngineError::InvalidInput(format!(
-                "depthwise transposed conv needs kernel {} to be a multiple of stride {}",
-                spec.kernel, spec.stride
-            )));
-        }
         Ok(Self { weight, bias, stride: spec.stride, kernel: spec.kernel, depthwise })
     }
 
     /// Full transposed convolution without bias: [B, C_in, T] → [B, C_out, (T−1)·S + K].
+    ///
+    /// Computed as one matmul (or, depthwise, one broadcast multiply) giving every frame's K
+    /// output taps, then an overlap-add: the kernel, zero-padded to K' = ⌈K/S⌉·S taps, splits
+    /// into K'/S blocks of S taps, and block m of frame t lands on output frame t + m. We do not
+    /// use Candle's `conv_transpose1d`: on CPU (candle-core 0.11.1) it returns wrong values for
+    /// batch sizes above 1 (tests/conv_ops.rs keeps a check of that).
     fn convtr_full(&self, x: &Tensor) -> Result<Tensor> {
-        if !self.depthwise {
-            return Ok(x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?);
-        }
-        // Depthwise: y[c, t·S + j] += x[c, t] · w[c, j]. Split the kernel in K/S blocks of S
-        // taps; block m of frame t lands on output frame t + m, so each block is one broadcast
-        // multiply, a reshape and a shift.
-        let (b, c, t) = x.dims3()?;
-        let s = self.stride;
-        let blocks = self.kernel / s;
-        let w = self.weight.reshape((c, self.kernel))?;
+        let (b, c_in, t) = x.dims3()?;
+        let (s, k) = (self.stride, self.kernel);
+        let blocks = k.div_ceil(s);
+        let kp = blocks * s;
+        let w = if kp > k { self.weight.pad_with_zeros(2, 0, kp - k)? } else { self.weight.clone() };
+        // taps: [B, C_out, T, K']
+        let taps = if self.depthwise {
+            let w = w.reshape((1, c_in, 1, kp))?;
+            x.unsqueeze(3)?.broadcast_mul(&w)?
+        } else {
+            let c_out = w.dim(1)?;
+            let w = w.reshape((c_in, c_out * kp))?;
+            let cols = x.transpose(1, 2)?.broadcast_matmul(&w)?; // [B, T, C_out·K']
+            cols.reshape((b, t, c_out, kp))?.transpose(1, 2)?
+        };
+        let c_out = taps.dim(1)?;
         let mut out: Option<Tensor> = None;
         for m in 0..blocks {
-            let wm = w.narrow(1, m * s, s)?.reshape((1, c, 1, s))?;
-            let part = x.unsqueeze(3)?.broadcast_mul(&wm)?.reshape((b, c, t * s))?;
+            let part = taps.narrow(3, m * s, s)?.reshape((b, c_out, t * s))?;
             let part = part.pad_with_zeros(2, m * s, (blocks - 1 - m) * s)?;
             out = Some(match out {
                 None => part,
                 Some(acc) => (acc + part)?,
             });
         }
-        Ok(out.expect("kernel has at least one block"))
+        let out = out.expect("kernel has at least one block");
+        Ok(if kp > k { out.narrow(2, 0, (t - 1) * s + k)? } else { out })
     }
 
     /// Transposed conv of `x` [B, C, T], continuing `state`. Output [B, C_out, T · stride].
