@@ -1,1 +1,45 @@
-fn main() {}
+//! `moshi-rs`: the command line over the moshi-engine library. Thin by design: argument parsing,
+//! model resolution and printing live here; everything numerical lives in the engine.
+
+mod codec;
+mod model;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "moshi-rs", version, about = "Kyutai's Moshi on Candle, proven against the reference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The Mimi codec: audio ⇄ codes.
+    Codec {
+        #[command(subcommand)]
+        command: codec::CodecCommand,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Codec { command } => codec::run(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -159,21 +159,17 @@ fn decode_stream(mss: MediaSourceStream, hint: &Hint, path: &Path) -> Result<Aud
         .map_err(|e| open_error(path, e))?;
     let mut format = probed.format;
 
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| AudioError::Unsupported {
-            path: path.to_path_buf(),
-            detail: "the file has no decodable audio track".into(),
-        })?;
+    let track = format.tracks().iter().find(|t| t.codec_params.codec != CODEC_TYPE_NULL).ok_or_else(|| {
+        AudioError::Unsupported { path: path.to_path_buf(), detail: "the file has no decodable audio track".into() }
+    })?;
     let track_id = track.id;
     let expected_frames = track.codec_params.n_frames;
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&track.codec_params, &DecoderOptions::default())
-        .map_err(|e| AudioError::Unsupported {
-            path: path.to_path_buf(),
-            detail: format!("codec {:?}: {e}", track.codec_params.codec),
+    let mut decoder =
+        symphonia::default::get_codecs().make(&track.codec_params, &DecoderOptions::default()).map_err(|e| {
+            AudioError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!("codec {:?}: {e}", track.codec_params.codec),
+            }
         })?;
 
     let mut samples: Vec<f32> = Vec::new();

@@ -54,8 +54,8 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, A
     let block_in = units * unit_in;
 
     let rubato_err = |e: &dyn std::fmt::Display| AudioError::Resample { from_hz, to_hz, detail: e.to_string() };
-    let mut resampler = FftFixedInOut::<f32>::new(from_hz as usize, to_hz as usize, block_in, 1)
-        .map_err(|e| rubato_err(&e))?;
+    let mut resampler =
+        FftFixedInOut::<f32>::new(from_hz as usize, to_hz as usize, block_in, 1).map_err(|e| rubato_err(&e))?;
     let (block_in, block_out) = (resampler.input_frames_next(), resampler.output_frames_next());
     let delay = resampler.output_delay();
     debug_assert_eq!(block_in * unit_out, block_out * unit_in);
@@ -76,9 +76,8 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, A
             }
             &padded
         };
-        let (_, written) = resampler
-            .process_into_buffer(&[input], &mut [out_block], None)
-            .map_err(|e| rubato_err(&e))?;
+        let (_, written) =
+            resampler.process_into_buffer(&[input], &mut [out_block], None).map_err(|e| rubato_err(&e))?;
         debug_assert_eq!(written, block_out);
     }
     out.drain(..delay);

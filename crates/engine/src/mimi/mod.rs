@@ -9,6 +9,7 @@
 pub mod config;
 pub mod quantizer;
 pub mod seanet;
+pub mod stream;
 pub mod tiny;
 
 use std::path::Path;
