@@ -9,9 +9,9 @@
 //! does the same; batch and streaming then differ, which is why fixtures stay shorter).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::linear_no_bias;
+use super::{linear_no_bias, Linear};
 use super::rope::Rope;
 use crate::error::{EngineError, Result};
 use crate::weights::get_checked;
@@ -75,7 +75,7 @@ impl Attention {
         let in_w = get_checked(&vb, &[3 * d_model, d_model], "in_proj_weight")?;
         let out_proj = linear_no_bias(d_model, d_model, &vb.pp("out_proj"))?;
         Ok(Self {
-            in_proj: Linear::new(in_w, None),
+            in_proj: Linear::new(in_w)?,
             out_proj,
             num_heads,
             head_dim: d_model / num_heads,

@@ -6,7 +6,9 @@
 //! the right. We keep exactly that: `forward` on a fresh state *is* the batch path, so streaming
 //! equals batch by construction and the tests check it anyway.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::linear::{Linear, SMALL_M};
 use candle_nn::VarBuilder;
 
 use crate::error::{EngineError, Result};
@@ -38,6 +40,9 @@ pub struct ConvSpec {
 #[derive(Debug, Clone)]
 pub struct StreamingConv1d {
     weight: Tensor,
+    /// The weight as [C_out, C_in·K] for the few-output-steps path (see `forward`).
+    flat: Linear,
+    kernel: usize,
     bias: Option<Tensor>,
     stride: usize,
     dilation: usize,
@@ -59,8 +64,11 @@ impl StreamingConv1d {
         let weight = get_checked(&vb, &[spec.out_channels, spec.in_channels, spec.kernel], "weight")?;
         let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
         let effective = (spec.kernel - 1) * spec.dilation + 1;
+        let flat = Linear::new(weight.reshape((spec.out_channels, spec.in_channels * spec.kernel))?)?;
         Ok(Self {
             weight,
+            flat,
+            kernel: spec.kernel,
             bias,
             stride: spec.stride,
             dilation: spec.dilation,
@@ -101,7 +109,7 @@ impl StreamingConv1d {
             };
             Tensor::cat(&[&previous, x], 2)?
         };
-        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        let y = self.conv(&x)?;
         if self.context > 0 {
             let total = x.dim(2)?;
             state.previous = Some(x.narrow(2, total - self.context, self.context)?.contiguous()?);
@@ -113,16 +121,48 @@ impl StreamingConv1d {
     }
 }
 
+impl StreamingConv1d {
+    /// Valid (unpadded) convolution of `x` [B, C, L].
+    ///
+    /// A streaming frame often leaves only a few output steps for the widest layers (2 at 25 Hz),
+    /// where the work is reading the weight: there we unfold the input ourselves and use the
+    /// weight-streaming matmul of [`Linear`]; elsewhere Candle's conv1d.
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, l) = x.dims3()?;
+        let span = (self.kernel - 1) * self.dilation + 1;
+        let l_out = (l - span) / self.stride + 1;
+        let cpu_f32 = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
+        if !(cpu_f32 && b * l_out <= SMALL_M) {
+            return Ok(x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?);
+        }
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let k = self.kernel;
+        let mut cols = Vec::with_capacity(b * l_out * c * k);
+        for bi in 0..b {
+            for t in 0..l_out {
+                for ci in 0..c {
+                    let base = (bi * c + ci) * l + t * self.stride;
+                    cols.extend((0..k).map(|j| xv[base + j * self.dilation]));
+                }
+            }
+        }
+        let cols = Tensor::from_vec(cols, (b, l_out, c * k), x.device())?;
+        Ok(self.flat.forward(&cols)?.transpose(1, 2)?.contiguous()?)
+    }
+}
+
 /// Causal ConvTranspose1d. Checkpoint names: `{prefix}.convtr.convtr.{weight,bias}`.
 /// `groups` is 1 (SEANet) or the channel count (Mimi's depthwise upsampling).
 #[derive(Debug, Clone)]
 pub struct StreamingConvTr1d {
     /// [C_in, C_out / groups, K]
     weight: Tensor,
+    /// groups = 1: the kernel zero-padded to K' taps as [C_out·K', C_in], so that every input
+    /// step's output taps are one `Linear`.
+    taps: Option<Linear>,
     bias: Option<Tensor>,
     stride: usize,
     kernel: usize,
-    depthwise: bool,
 }
 
 /// Streaming state of a [`StreamingConvTr1d`]: the overlap-add tail (K − stride samples, bias
@@ -145,7 +185,14 @@ impl StreamingConvTr1d {
         }
         let weight = get_checked(&vb, &[spec.in_channels, spec.out_channels / groups, spec.kernel], "weight")?;
         let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
-        Ok(Self { weight, bias, stride: spec.stride, kernel: spec.kernel, depthwise })
+        let kp = spec.kernel.div_ceil(spec.stride) * spec.stride;
+        let taps = if depthwise {
+            None
+        } else {
+            let w = weight.pad_with_zeros(2, 0, kp - spec.kernel)?;
+            Some(Linear::new(w.reshape((spec.in_channels, spec.out_channels * kp))?.t()?)?)
+        };
+        Ok(Self { weight, taps, bias, stride: spec.stride, kernel: spec.kernel })
     }
 
     /// Full transposed convolution without bias: [B, C_in, T] → [B, C_out, (T−1)·S + K].
@@ -162,14 +209,16 @@ impl StreamingConvTr1d {
         let kp = blocks * s;
         let w = if kp > k { self.weight.pad_with_zeros(2, 0, kp - k)? } else { self.weight.clone() };
         // taps: [B, C_out, T, K']
-        let taps = if self.depthwise {
-            let w = w.reshape((1, c_in, 1, kp))?;
-            x.unsqueeze(3)?.broadcast_mul(&w)?
-        } else {
-            let c_out = w.dim(1)?;
-            let w = w.reshape((c_in, c_out * kp))?;
-            let cols = x.transpose(1, 2)?.broadcast_matmul(&w)?; // [B, T, C_out·K']
-            cols.reshape((b, t, c_out, kp))?.transpose(1, 2)?
+        let taps = match &self.taps {
+            None => {
+                let w = w.reshape((1, c_in, 1, kp))?;
+                x.unsqueeze(3)?.broadcast_mul(&w)?
+            }
+            Some(lin) => {
+                let c_out = w.dim(1)?;
+                let cols = lin.forward(&x.transpose(1, 2)?.contiguous()?)?; // [B, T, C_out·K']
+                cols.reshape((b, t, c_out, kp))?.transpose(1, 2)?
+            }
         };
         let c_out = taps.dim(1)?;
         let mut out: Option<Tensor> = None;

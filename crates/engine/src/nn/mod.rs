@@ -4,12 +4,15 @@
 
 pub mod attention;
 pub mod conv;
+pub mod linear;
 pub mod norm;
 pub mod rope;
 pub mod transformer;
 
 use candle_core::Tensor;
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+pub use linear::Linear;
 
 use crate::error::Result;
 use crate::weights::get_checked;
@@ -17,5 +20,5 @@ use crate::weights::get_checked;
 /// A bias-free linear layer `{prefix}.weight` of shape [out, in].
 pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: &VarBuilder) -> Result<Linear> {
     let w: Tensor = get_checked(vb, &[out_dim, in_dim], "weight")?;
-    Ok(Linear::new(w, None))
+    Ok(Linear::new(w)?)
 }

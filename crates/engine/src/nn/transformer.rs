@@ -6,10 +6,10 @@
 //! norm2, linear1, linear2 | gating, layer_scale_2}`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::{Attention, KvCache};
-use super::linear_no_bias;
+use super::{linear_no_bias, Linear};
 use super::norm::{Norm, NormKind};
 use super::rope::Rope;
 use crate::error::Result;
