@@ -28,8 +28,8 @@ impl Linear {
 }
 
 /// Σ a·b over equal-length slices, with 16 independent accumulators so that the compiler
-/// vectorises it.
-#[inline]
+/// vectorises it (with AVX2+FMA when inlined into `rows_avx2`).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -46,19 +46,39 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Output rows `row0 ..` of xWᵀ, transposed: `chunk` is [rows, m].
+#[inline(always)]
+fn rows_generic(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+    for (r, outs) in chunk.chunks_mut(m).enumerate() {
+        let wr = &w[(row0 + r) * k..(row0 + r + 1) * k];
+        for (i, o) in outs.iter_mut().enumerate() {
+            *o = dot(&x[i * k..(i + 1) * k], wr);
+        }
+    }
+}
+
+/// `rows_generic` compiled for AVX2 + FMA: at 2 rows the SSE2 build is compute-bound
+/// (≈ 6 GB/s of weights), this one is memory-bound.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+    rows_generic(x, w, m, k, row0, chunk)
+}
+
+fn rows(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { rows_avx2(x, w, m, k, row0, chunk) };
+    }
+    rows_generic(x, w, m, k, row0, chunk)
+}
+
 /// x [m, k] · w[n, k]ᵀ → [m, n], parallel over blocks of W's rows.
 fn small_m_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     const BLOCK: usize = 64;
     let mut out_t = vec![0f32; n * m]; // [n, m]
-    out_t.par_chunks_mut(BLOCK * m).enumerate().for_each(|(bi, chunk)| {
-        let row0 = bi * BLOCK;
-        for (r, outs) in chunk.chunks_mut(m).enumerate() {
-            let wr = &w[(row0 + r) * k..(row0 + r + 1) * k];
-            for (i, o) in outs.iter_mut().enumerate() {
-                *o = dot(&x[i * k..(i + 1) * k], wr);
-            }
-        }
-    });
+    out_t.par_chunks_mut(BLOCK * m).enumerate().for_each(|(bi, chunk)| rows(x, w, m, k, bi * BLOCK, chunk));
     let mut out = vec![0f32; m * n];
     for j in 0..n {
         for i in 0..m {
