@@ -201,7 +201,7 @@ impl StreamingConvTr1d {
     /// output taps, then an overlap-add: the kernel, zero-padded to K' = ⌈K/S⌉·S taps, splits
     /// into K'/S blocks of S taps, and block m of frame t lands on output frame t + m. We do not
     /// use Candle's `conv_transpose1d`: on CPU (candle-core 0.11.1) it returns wrong values for
-    /// batch sizes above 1 (tests/conv_ops.rs keeps a check of that).
+    /// batch sizes above 1 (tests/streaming_modules.rs keeps a check of that).
     fn convtr_full(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c_in, t) = x.dims3()?;
         let (s, k) = (self.stride, self.kernel);
