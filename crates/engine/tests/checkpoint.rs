@@ -31,7 +31,7 @@ fn released_names() -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-fn save(tensors: &HashMap<String, Tensor>, path: &PathBuf) {
+fn save(tensors: &HashMap<String, Tensor>, path: &std::path::Path) {
     safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), None, path).unwrap();
 }
 

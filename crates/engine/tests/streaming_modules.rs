@@ -453,23 +453,13 @@ fn transformer_state_reset() {
 // ---------------------------------------------------------------------------------------------
 
 fn small_seanet_config() -> SeanetConfig {
+    // The real Mimi's SEANet, narrowed, with two residual layers (dilations 1 and 2).
     SeanetConfig {
-        channels: 1,
         dimension: 8,
-        causal: true,
         n_filters: 4,
-        n_residual_layers: 2, // dilations 1 and 2 in the residual blocks
-        activation: "ELU".into(),
-        compress: 2,
-        dilation_base: 2,
-        disable_norm_outer_blocks: 0,
-        kernel_size: 7,
-        residual_kernel_size: 3,
-        last_kernel_size: 3,
-        norm: "none".into(),
-        pad_mode: PadMode::Constant,
+        n_residual_layers: 2,
         ratios: vec![4, 2],
-        true_skip: true,
+        ..moshi_engine::mimi::MimiConfig::default().seanet
     }
 }
 

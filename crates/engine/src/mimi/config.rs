@@ -194,14 +194,14 @@ impl MimiConfig {
                 format!("transformer.positional_embedding {:?}", t.positional_embedding),
             ),
             (t.conv_layout, "transformer.conv_layout must be true".into()),
-            (t.d_model % t.num_heads == 0, format!("d_model {} not divisible by num_heads {}", t.d_model, t.num_heads)),
+            (t.d_model.is_multiple_of(t.num_heads), format!("d_model {} not divisible by num_heads {}", t.d_model, t.num_heads)),
             (t.output_dimensions.len() == 1, "transformer.output_dimensions must have one entry".into()),
             (
                 self.num_codebooks >= 1 && self.num_codebooks <= q.n_q && q.n_q_semantic >= 1 && q.n_q_semantic < q.n_q,
                 format!("num_codebooks {} must be in 1..={} (n_q_semantic {})", self.num_codebooks, q.n_q, q.n_q_semantic),
             ),
             (
-                self.frame_size() % self.hop() == 0 && (self.sample_rate as f64 / self.frame_rate).fract() == 0.0,
+                self.frame_size().is_multiple_of(self.hop()) && (self.sample_rate as f64 / self.frame_rate).fract() == 0.0,
                 format!("frame size {} is not a multiple of the SEANet hop {}", self.frame_size(), self.hop()),
             ),
         ];

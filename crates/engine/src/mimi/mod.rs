@@ -171,7 +171,7 @@ impl Mimi {
             return Err(EngineError::InvalidInput(format!("pcm must be [batch, 1, samples], got {dims:?}")));
         }
         let fs = self.frame_size();
-        if streaming && (dims[2] == 0 || dims[2] % fs != 0) {
+        if streaming && (dims[2] == 0 || !dims[2].is_multiple_of(fs)) {
             return Err(EngineError::Streaming(format!(
                 "streaming encode needs a positive multiple of {fs} samples, got {}",
                 dims[2]
