@@ -141,4 +141,7 @@ fn bf16_load_runs_and_stays_close_to_f32() {
     // bf16 keeps 8 bits of mantissa: a few 1e-3 of the signal's 0.3 peak after ~30 layers.
     let err = common::max_abs_diff(&pf, &pb);
     assert!(err < 2e-2, "bf16 decode differs from f32 by {err}");
+    // Encoding runs too (the quantizer computes in f32), giving codes of the right shape.
+    let codes = b.encode(fx.get("input.pcm")).unwrap();
+    assert_eq!(codes.dims(), fx.get("batch.codes").dims());
 }

@@ -5,6 +5,8 @@
 //! Within one RVQ each codebook quantizes the residual left by the previous ones. Codebook
 //! vectors are `embedding_sum / max(cluster_usage, 1e-5)`; the code is the nearest vector in
 //! Euclidean distance. Decoding sums the vectors, projects out, and sums the two halves.
+//! The quantizer always computes in f32, whatever the model dtype: a code is an argmin, and
+//! bf16 distances would flip near-ties.
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -27,8 +29,8 @@ struct Codebook {
 impl Codebook {
     /// `vb` points at `vq.layers.{i}._codebook`.
     fn new(cfg: &QuantizerConfig, vb: VarBuilder) -> Result<Self> {
-        let sum = get_checked(&vb, &[cfg.bins, cfg.dimension], "embedding_sum")?;
-        let usage = get_checked(&vb, &[cfg.bins], "cluster_usage")?;
+        let sum = get_checked(&vb, &[cfg.bins, cfg.dimension], "embedding_sum")?.to_dtype(DType::F32)?;
+        let usage = get_checked(&vb, &[cfg.bins], "cluster_usage")?.to_dtype(DType::F32)?;
         let embedding = sum.broadcast_div(&usage.clamp(CLUSTER_USAGE_EPS, f64::INFINITY)?.unsqueeze(1)?)?;
         let norms = embedding.sqr()?.sum(1)?;
         Ok(Self { embedding, norms })

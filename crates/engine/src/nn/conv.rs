@@ -283,9 +283,10 @@ pub struct PointwiseConv {
 }
 
 impl PointwiseConv {
+    /// Loaded in f32 whatever the checkpoint dtype (used by the quantizer, which runs in f32).
     pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
         let w = get_checked(&vb, &[out_channels, in_channels, 1], "weight")?;
-        Ok(Self { weight: w.squeeze(2)? })
+        Ok(Self { weight: w.squeeze(2)?.to_dtype(DType::F32)? })
     }
 }
 
