@@ -8,6 +8,7 @@
 
 pub mod audio;
 pub mod error;
+pub mod lm;
 pub mod mimi;
 pub mod nn;
 pub mod weights;
