@@ -25,3 +25,16 @@ fn moshi_7b_config_implies_the_released_pytorch_layout() {
     let extra: Vec<_> = ours.iter().filter(|o| !released.contains(o)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "not implied by the config: {missing:?}\nnot in the release: {extra:?}");
 }
+
+/// The tiny reference LM's config (Kyutai's field names) implies exactly its file's tensors.
+#[test]
+fn tiny_lm_config_implies_its_checkpoint() {
+    let dir = common::golden_dir().join("lm_tiny");
+    let cfg = LmConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let header: Vec<(String, Vec<usize>)> = moshi_engine::weights::read_header(&dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect();
+    assert_eq!(header, cfg.pytorch_layout_tensors());
+}

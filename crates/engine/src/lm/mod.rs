@@ -1,6 +1,7 @@
-//! The Moshi language model (issue 3, in progress): so far its configuration and the checkpoint
-//! layout it implies. The model itself reuses `nn::transformer` (RMSNorm-f32, gated SiLU).
+//! The Moshi language model (issue 3, in progress): its configuration, the checkpoint layout it
+//! implies, and the temporal model. The depformer and the streaming step come next.
 
 pub mod config;
+pub mod temporal;
 
 pub use config::LmConfig;

@@ -12,6 +12,10 @@ use moshi_engine::mimi::{Mimi, MimiConfig};
 /// docs/parity.md for why): absolute, on signals of magnitude 0.1–0.5.
 pub const F32_ABS_TOL: f32 = 2e-6;
 
+/// The same bound relative to a tensor's peak, for stages whose magnitude is not ≈ 0.5 (the LM's
+/// hidden states and logits peak at 4–10): a few f32 ulps of the peak, summed over a layer stack.
+pub const F32_REL_TOL: f32 = 4e-6;
+
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden")
 }
@@ -69,8 +73,16 @@ impl Report {
         if !ok {
             self.failures += 1;
         }
-        self.lines.push(format!("{} {stage}: max abs err {err:.3e} (tol {tol:.0e})", if ok { "ok  " } else { "FAIL" }));
+        self.lines.push(format!("{} {stage}: max abs err {err:.3e} (tol {tol:.1e})", if ok { "ok  " } else { "FAIL" }));
         err
+    }
+
+    /// As `float`, with the tolerance scaled to the reference's magnitude: `rel · max|reference|`.
+    /// Mimi's 2e-6 absolute on stages peaking at ≤ 0.5 is the same 4e-6 relative bound.
+    pub fn float_rel(&mut self, stage: &str, ours: &Tensor, reference: &Tensor, rel: f32) -> f32 {
+        let peak = reference.to_dtype(DType::F32).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let tol = rel * peak.to_scalar::<f32>().unwrap();
+        self.float(stage, ours, reference, tol)
     }
 
     pub fn codes(&mut self, stage: &str, ours: &Tensor, reference: &Tensor) {
