@@ -22,7 +22,6 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,6 +33,7 @@ from safetensors.torch import save_file, load_file  # noqa: E402
 
 import moshi  # noqa: E402
 from moshi.models import loaders  # noqa: E402
+from golden_common import REPO, check_naming, maxdiff, versions  # noqa: E402
 from moshi.models.compression import MimiModel  # noqa: E402
 from moshi.modules.conv import pad_for_conv1d  # noqa: E402
 from moshi.modules.transformer import LayerScale  # noqa: E402
@@ -105,14 +105,6 @@ MIMI_CONFIG = {
 }
 
 
-def versions() -> dict:
-    return {
-        "moshi": getattr(moshi, "__version__", "?"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "safetensors": getattr(safetensors, "__version__", "?"),
-        "python": platform.python_version(),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,25 +199,6 @@ def released_state_dict(model: MimiModel) -> dict:
     return out
 
 
-def key_pattern(k: str) -> str:
-    return re.sub(r"\.\d+\.", ".N.", re.sub(r"\.\d+\.", ".N.", k))
-
-
-def check_naming(sd: dict, names_file: Path | None):
-    if names_file is None or not names_file.exists():
-        print(f"(naming check skipped: {names_file} not found)")
-        return
-    ref = set()
-    for line in names_file.read_text().splitlines():
-        if line.strip():
-            ref.add(key_pattern(line.split()[0]))
-    ours = {key_pattern(k) for k in sd}
-    only_ours = sorted(ours - ref)
-    only_ref = sorted(ref - ours)
-    print(f"naming check vs {names_file.name}: {len(ours)} patterns ours, {len(ref)} released")
-    assert not only_ours, f"patterns not in released file: {only_ours}"
-    assert not only_ref, f"released patterns missing: {only_ref}"
-    print("  key patterns identical to the released checkpoint")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,10 +324,6 @@ def code_margins(model: MimiModel, latent: torch.Tensor, codes: torch.Tensor) ->
     return out
 
 
-def maxdiff(a, b) -> float:
-    return float((a.double() - b.double()).abs().max())
-
-
 STAGES = ["seanet_latent", "transformer_out", "downsampled", "codes", "quantized", "upsampled",
           "decoder_transformer_out", "pcm"]
 
@@ -437,7 +406,7 @@ def main():
     repo = Path(__file__).resolve().parents[2]
     ap.add_argument("--out", type=Path, default=repo / "golden" / "mimi_tiny")
     ap.add_argument("--names", type=Path,
-                    default=Path("/work/shared/reference/mimi_checkpoint_names.txt"),
+                    default=REPO / "golden" / "mimi_checkpoint_names.txt",
                     help="released checkpoint names file, for the naming check (optional)")
     args = ap.parse_args()
 

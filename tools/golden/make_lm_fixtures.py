@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import io as _io  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -44,6 +43,7 @@ from safetensors.torch import save_file, load_file  # noqa: E402
 
 import moshi  # noqa: E402
 from moshi.models import loaders  # noqa: E402
+from golden_common import check_naming, maxdiff, versions  # noqa: E402
 from moshi.models.lm import LMModel, LMGen  # noqa: E402
 from moshi.modules.transformer import RMSNorm, StreamingMultiheadAttention  # noqa: E402
 from moshi.utils import sampling  # noqa: E402
@@ -92,19 +92,6 @@ def tiny_lm_kwargs(delays) -> dict:
     return kw
 
 
-def versions() -> dict:
-    return {
-        "moshi": getattr(moshi, "__version__", "?"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "safetensors": getattr(safetensors, "__version__", "?"),
-        "sentencepiece": getattr(spm, "__version__", "?"),
-        "python": platform.python_version(),
-    }
-
-
-def maxdiff(a, b) -> float:
-    return float((a.double() - b.double()).abs().max())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,31 +145,6 @@ def released_state_dict(lm: LMModel) -> dict:
     return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in sorted(out.items())}
 
 
-def key_pattern(k: str) -> str:
-    return re.sub(r"\.\d+\.", ".N.", re.sub(r"\.\d+\.", ".N.", k))
-
-
-def check_naming(sd: dict, names_file: Path):
-    if names_file is None or not names_file.exists():
-        raise SystemExit(f"released names file not found: {names_file}")
-    ref = {}
-    for line in names_file.read_text().splitlines():
-        if line.strip():
-            parts = line.split("\t")
-            ref[parts[0]] = parts[1] if len(parts) > 1 else None
-    ref_pat = {key_pattern(k) for k in ref}
-    ours = {key_pattern(k) for k in sd}
-    only_ours = sorted(ours - ref_pat)
-    only_ref = sorted(ref_pat - ours)
-    print(f"naming check vs {names_file.name}: {len(ours)} patterns ours ({len(sd)} tensors),"
-          f" {len(ref_pat)} released ({len(ref)} tensors)")
-    assert not only_ours, f"patterns not in released file: {only_ours}"
-    assert not only_ref, f"released patterns missing: {only_ref}"
-    # ranks must agree too
-    ref_rank = {key_pattern(k): len(json.loads(s)) for k, s in ref.items() if s}
-    for k, v in sd.items():
-        assert v.dim() == ref_rank[key_pattern(k)], (k, tuple(v.shape))
-    print("  key patterns (and tensor ranks) identical to the released checkpoint")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,7 +537,7 @@ def main():
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    vers = versions()
+    vers = versions(sentencepiece=getattr(spm, "__version__", "?"))
     print("versions:", json.dumps(vers, sort_keys=True))
 
     lm = build_tiny_lm(MOSHI_DELAYS)
