@@ -11,6 +11,7 @@ pub mod error;
 pub mod lm;
 pub mod mimi;
 pub mod nn;
+pub mod text;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -1,0 +1,1 @@
+//! SentencePiece text (in progress).
