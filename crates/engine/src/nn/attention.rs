@@ -8,88 +8,144 @@
 //! than the context, the first queries of a multi-step chunk lose the oldest keys (the reference
 //! does the same; batch and streaming then differ, which is why fixtures stay shorter).
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Module, Tensor};
 
-use super::{linear_no_bias, Linear};
+use super::per_step::{PerStep, StepLayout};
 use super::rope::Rope;
+use super::Linear;
 use crate::error::{EngineError, Result};
 use crate::weights::get_checked;
 
-/// Keys and values seen so far, [B, H, S, Dh] each, S ≤ capacity when it has one.
-#[derive(Debug, Clone, Default)]
+/// Keys and values of one layer for one stream: a ring of `capacity` slots, allocated once at
+/// the first step ([B, H, capacity, Dh] each) and written in place; position p lives in slot
+/// p mod capacity, as in the reference's `RingKVCache`.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    kv: Option<(Tensor, Tensor)>,
+    ring: Option<(Tensor, Tensor)>,
+    /// Positions written so far (the next position to write).
+    written: usize,
+}
+
+impl Clone for KvCache {
+    /// A deep copy: the ring is written in place, so clones must not share its storage.
+    fn clone(&self) -> Self {
+        let ring = self.ring.as_ref().map(|(k, v)| (k.copy().expect("copy k"), v.copy().expect("copy v")));
+        Self { ring, written: self.written }
+    }
 }
 
 impl KvCache {
     /// Number of cached steps.
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+        match &self.ring {
+            Some((k, _)) => self.written.min(k.dim(2).unwrap_or(0)),
+            None => 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Append `k`, `v` and return everything to attend to, keeping at most `capacity` steps.
-    fn append(&mut self, k: Tensor, v: Tensor, capacity: Option<usize>) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match self.kv.take() {
-            None => (k, v),
-            Some((pk, pv)) => {
-                if pk.dim(0)? != k.dim(0)? {
-                    return Err(EngineError::Streaming(format!(
-                        "batch size changed mid-stream ({} then {}); reset the state first",
-                        pk.dim(0)?,
-                        k.dim(0)?
-                    )));
-                }
-                (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+    /// Write `k`, `v` [B, H, T, Dh] for positions `offset .. offset + T` and return the filled
+    /// part of the ring with the position held by each slot.
+    fn append(&mut self, k: &Tensor, v: &Tensor, offset: usize, capacity: usize) -> Result<(Tensor, Tensor, Vec<i64>)> {
+        let (b, h, t, dh) = k.dims4()?;
+        if offset != self.written {
+            return Err(EngineError::Streaming(format!(
+                "KV cache holds {} positions but the step starts at {offset}",
+                self.written
+            )));
+        }
+        if let Some((rk, _)) = &self.ring {
+            if rk.dim(0)? != b {
+                return Err(EngineError::Streaming(format!(
+                    "batch size changed mid-stream ({} then {b}); reset the state first",
+                    rk.dim(0)?
+                )));
+            }
+        }
+        let (rk, rv) = match &self.ring {
+            Some(r) => r.clone(),
+            None => {
+                let z = Tensor::zeros((b, h, capacity, dh), k.dtype(), k.device())?;
+                let r = (z.clone(), z.copy()?);
+                self.ring = Some(r.clone());
+                r
             }
         };
-        let (k, v) = match capacity {
-            Some(cap) if k.dim(2)? > cap => {
-                let s = k.dim(2)?;
-                (k.narrow(2, s - cap, cap)?.contiguous()?, v.narrow(2, s - cap, cap)?.contiguous()?)
-            }
-            _ => (k, v),
-        };
-        self.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        // Only the last `capacity` positions of the chunk can survive the writes.
+        let skip = t.saturating_sub(capacity);
+        let mut pos = offset + skip;
+        let mut i = skip;
+        while i < t {
+            let slot = pos % capacity;
+            let n = (capacity - slot).min(t - i);
+            rk.slice_set(&k.narrow(2, i, n)?.contiguous()?, 2, slot)?;
+            rv.slice_set(&v.narrow(2, i, n)?.contiguous()?, 2, slot)?;
+            i += n;
+            pos += n;
+        }
+        self.written = offset + t;
+        let filled = self.written.min(capacity);
+        let last = self.written as i64 - 1;
+        let cap = capacity as i64;
+        let positions = (0..filled as i64).map(|s| last - (last - s).rem_euclid(cap)).collect();
+        Ok((rk.narrow(2, 0, filled)?, rv.narrow(2, 0, filled)?, positions))
     }
 }
 
-/// Self-attention with checkpoint names `in_proj_weight` [3·d, d] and `out_proj.weight` [d, d].
+/// Self-attention with checkpoint names `in_proj_weight` [3·d, d] and `out_proj.weight` [d, d],
+/// or per step (see [`StepLayout`]).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    in_proj: Linear,
-    out_proj: Linear,
+    in_proj: PerStep<Linear>,
+    out_proj: PerStep<Linear>,
     num_heads: usize,
     head_dim: usize,
     context: usize,
     rope: Option<Rope>,
 }
 
+fn stacked_rows(vb: &candle_nn::VarBuilder, name: &str, steps: usize, rows: usize, cols: usize) -> Result<PerStep<Linear>> {
+    let w = get_checked(vb, &[steps * rows, cols], name)?;
+    Ok(PerStep::per_step((0..steps).map(|s| Linear::new(w.narrow(0, s * rows, rows)?)).collect::<candle_core::Result<_>>()?))
+}
+
 impl Attention {
-    pub fn new(d_model: usize, num_heads: usize, context: usize, rope: Option<Rope>, vb: VarBuilder) -> Result<Self> {
-        let in_w = get_checked(&vb, &[3 * d_model, d_model], "in_proj_weight")?;
-        let out_proj = linear_no_bias(d_model, d_model, &vb.pp("out_proj"))?;
-        Ok(Self {
-            in_proj: Linear::new(in_w)?,
-            out_proj,
-            num_heads,
-            head_dim: d_model / num_heads,
-            context,
-            rope,
-        })
+    /// `layout` points at the `self_attn` module.
+    pub fn new(d_model: usize, num_heads: usize, context: usize, rope: Option<Rope>, layout: &StepLayout) -> Result<Self> {
+        let d = d_model;
+        let (in_proj, out_proj) = match layout {
+            StepLayout::Shared(vb) => (
+                PerStep::shared(Linear::new(get_checked(vb, &[3 * d, d], "in_proj_weight")?)?),
+                PerStep::shared(Linear::new(get_checked(&vb.pp("out_proj"), &[d, d], "weight")?)?),
+            ),
+            StepLayout::Stacked(vb, steps) => (
+                stacked_rows(vb, "in_proj_weight", *steps, 3 * d, d)?,
+                stacked_rows(&vb.pp("out_proj"), "weight", *steps, d, d)?,
+            ),
+            StepLayout::Sliced(vbs) => {
+                let mut ins = Vec::new();
+                let mut outs = Vec::new();
+                for vb in vbs {
+                    ins.push(Linear::new(get_checked(vb, &[3 * d, d], "in_proj_weight")?)?);
+                    outs.push(Linear::new(get_checked(&vb.pp("out_proj"), &[d, d], "weight")?)?);
+                }
+                (PerStep::per_step(ins), PerStep::per_step(outs))
+            }
+        };
+        Ok(Self { in_proj, out_proj, num_heads, head_dim: d_model / num_heads, context, rope })
     }
 
-    /// `x` [B, T, d] at positions `offset ..`; `capacity` None keeps every key (batch).
+    /// `x` [B, T, d] at positions `offset ..`. `capacity` None: a whole sequence, every key
+    /// kept, `cache` untouched. Some(c): a streaming step through the ring cache of `c` slots.
     pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut KvCache, capacity: Option<usize>) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let (h, dh) = (self.num_heads, self.head_dim);
         // "b t (p h d) -> p b h t d"
-        let qkv = self.in_proj.forward(x)?.reshape((b, t, 3, h, dh))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self.in_proj.apply(x, offset, |l, x| Ok(l.forward(x)?))?;
+        let qkv = qkv.reshape((b, t, 3, h, dh))?.permute((2, 0, 3, 1, 4))?;
         let mut q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -97,28 +153,29 @@ impl Attention {
             q = rope.apply(&q, offset)?;
             k = rope.apply(&k, offset)?;
         }
-        let (k, v) = cache.append(k, v, capacity)?;
-        let s = k.dim(2)?;
-        let end = offset + t;
-        let first_key = end - s;
-        let mask = self.mask(offset, t, first_key, s, x.device())?;
+        let (k, v, key_pos) = match capacity {
+            Some(cap) => cache.append(&k, &v, offset, cap)?,
+            None => (k, v, (offset..offset + t).map(|p| p as i64).collect()),
+        };
+        let mask = self.mask(offset, t, &key_pos, x.device())?;
         let scale = 1.0 / (dh as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(&mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v)?; // [B, H, T, Dh]
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
-        Ok(self.out_proj.forward(&y)?)
+        self.out_proj.apply(&y, offset, |l, y| Ok(l.forward(y)?))
     }
 
-    /// Additive mask [T, S]: 0 where key position k may be seen from query position q
-    /// (0 ≤ q − k < context), −∞ elsewhere.
-    fn mask(&self, q0: usize, t: usize, k0: usize, s: usize, device: &candle_core::Device) -> Result<Tensor> {
+    /// Additive mask [T, S]: 0 where the key at position `key_pos[j]` may be seen from query
+    /// position q (0 ≤ q − k < context), −∞ elsewhere.
+    fn mask(&self, q0: usize, t: usize, key_pos: &[i64], device: &Device) -> Result<Tensor> {
+        let s = key_pos.len();
         let mut m = Vec::with_capacity(t * s);
         for i in 0..t {
             let qp = (q0 + i) as i64;
-            for j in 0..s {
-                let delta = qp - (k0 + j) as i64;
+            for &kp in key_pos {
+                let delta = qp - kp;
                 let ok = delta >= 0 && delta < self.context as i64;
                 m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
             }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod conv;
 pub mod linear;
 pub mod norm;
+pub mod per_step;
 pub mod rope;
 pub mod transformer;
 

@@ -1,6 +1,7 @@
 //! The one transformer: pre-norm layers of causal self-attention and a feed-forward block, each
-//! residual optionally scaled by a LayerScale. Mimi uses LayerNorm + GELU + LayerScale; the LM
-//! (later issue) RMSNorm-f32 + gated SiLU, without LayerScale. Same code, different config.
+//! residual optionally scaled by a LayerScale. Mimi uses LayerNorm + GELU + LayerScale; the
+//! temporal LM RMSNorm-f32 + gated SiLU + RoPE; the depformer the same without RoPE and with one
+//! weight set per step (`nn::per_step`). Same code, different configuration.
 //!
 //! Checkpoint names under the transformer prefix: `layers.{i}.{norm1, self_attn, layer_scale_1,
 //! norm2, linear1, linear2 | gating, layer_scale_2}`.
@@ -9,10 +10,11 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{Attention, KvCache};
-use super::{linear_no_bias, Linear};
 use super::norm::{Norm, NormKind};
+use super::per_step::{PerStep, StepLayout};
 use super::rope::Rope;
-use crate::error::Result;
+use super::{linear_no_bias, Linear};
+use crate::error::{EngineError, Result};
 use crate::weights::get_checked;
 
 /// The feed-forward block's form.
@@ -47,6 +49,8 @@ enum Ffn {
 }
 
 impl Ffn {
+    /// `vb` points at the layer (GELU: `linear1`, `linear2`) or at the gating module
+    /// (`linear_in`, `linear_out`).
     fn new(cfg: &TransformerConfig, vb: &VarBuilder) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.dim_feedforward);
         Ok(match cfg.ffn {
@@ -54,15 +58,30 @@ impl Ffn {
                 linear1: linear_no_bias(d, f, &vb.pp("linear1"))?,
                 linear2: linear_no_bias(f, d, &vb.pp("linear2"))?,
             },
-            FfnKind::GatedSilu => {
-                let vb = vb.pp("gating");
-                Ffn::GatedSilu {
-                    linear_in: linear_no_bias(d, 2 * f, &vb.pp("linear_in"))?,
-                    linear_out: linear_no_bias(f, d, &vb.pp("linear_out"))?,
-                    hidden: f,
-                }
-            }
+            FfnKind::GatedSilu => Ffn::GatedSilu {
+                linear_in: linear_no_bias(d, 2 * f, &vb.pp("linear_in"))?,
+                linear_out: linear_no_bias(f, d, &vb.pp("linear_out"))?,
+                hidden: f,
+            },
         })
+    }
+
+    /// The FFN weights of a layer in any layout: gated FFNs are `gating` (shared), `gating.{k}`
+    /// (stacked) or each slice's `gating`.
+    fn load(cfg: &TransformerConfig, layout: &StepLayout) -> Result<PerStep<Self>> {
+        match (cfg.ffn, layout) {
+            (FfnKind::Gelu, StepLayout::Shared(vb)) => Ok(PerStep::shared(Self::new(cfg, vb)?)),
+            (FfnKind::Gelu, _) => {
+                Err(EngineError::InvalidInput("per-step weights are only supported with gated FFNs".into()))
+            }
+            (FfnKind::GatedSilu, StepLayout::Shared(vb)) => Ok(PerStep::shared(Self::new(cfg, &vb.pp("gating"))?)),
+            (FfnKind::GatedSilu, StepLayout::Stacked(vb, steps)) => Ok(PerStep::per_step(
+                (0..*steps).map(|s| Self::new(cfg, &vb.pp("gating").pp(s))).collect::<Result<_>>()?,
+            )),
+            (FfnKind::GatedSilu, StepLayout::Sliced(vbs)) => {
+                Ok(PerStep::per_step(vbs.iter().map(|vb| Self::new(cfg, &vb.pp("gating"))).collect::<Result<_>>()?))
+            }
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -80,11 +99,11 @@ impl Ffn {
 
 #[derive(Debug, Clone)]
 struct Layer {
-    norm1: Norm,
+    norm1: PerStep<Norm>,
     attn: Attention,
     layer_scale_1: Option<Tensor>,
-    norm2: Norm,
-    ffn: Ffn,
+    norm2: PerStep<Norm>,
+    ffn: PerStep<Ffn>,
     layer_scale_2: Option<Tensor>,
 }
 
@@ -96,30 +115,33 @@ fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
 }
 
 impl Layer {
-    fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, layout: &StepLayout) -> Result<Self> {
         let d = cfg.d_model;
         let rope = cfg.rope.then(|| Rope::new(d / cfg.num_heads, cfg.max_period));
         let scale = |name: &str| -> Result<Option<Tensor>> {
-            if cfg.layer_scale {
-                Ok(Some(get_checked(&vb.pp(name), &[d], "scale")?))
-            } else {
-                Ok(None)
+            match (cfg.layer_scale, layout) {
+                (false, _) => Ok(None),
+                (true, StepLayout::Shared(vb)) => Ok(Some(get_checked(&vb.pp(name), &[d], "scale")?)),
+                (true, _) => Err(EngineError::InvalidInput("LayerScale with per-step weights is not supported".into())),
             }
         };
+        let norm = |name: &str| layout.shared_in_stacked(|vb| Norm::new(cfg.norm, d, vb.pp(name)));
         Ok(Self {
-            norm1: Norm::new(cfg.norm, d, vb.pp("norm1"))?,
-            attn: Attention::new(d, cfg.num_heads, cfg.context, rope, vb.pp("self_attn"))?,
+            norm1: norm("norm1")?,
+            attn: Attention::new(d, cfg.num_heads, cfg.context, rope, &layout.pp("self_attn"))?,
             layer_scale_1: scale("layer_scale_1")?,
-            norm2: Norm::new(cfg.norm, d, vb.pp("norm2"))?,
-            ffn: Ffn::new(cfg, &vb)?,
+            norm2: norm("norm2")?,
+            ffn: Ffn::load(cfg, layout)?,
             layer_scale_2: scale("layer_scale_2")?,
         })
     }
 
     fn forward(&self, x: &Tensor, offset: usize, cache: &mut KvCache, capacity: Option<usize>) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, offset, cache, capacity)?;
+        let n1 = self.norm1.apply(x, offset, |n, x| Ok(n.forward(x)?))?;
+        let a = self.attn.forward(&n1, offset, cache, capacity)?;
         let x = (x + scaled(a, &self.layer_scale_1)?)?;
-        let f = self.ffn.forward(&self.norm2.forward(&x)?)?;
+        let n2 = self.norm2.apply(&x, offset, |n, x| Ok(n.forward(x)?))?;
+        let f = self.ffn.apply(&n2, offset, |f, x| f.forward(x))?;
         Ok((x + scaled(f, &self.layer_scale_2)?)?)
     }
 }
@@ -146,9 +168,14 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// `vb` points at the parent of `layers`.
+    /// `vb` points at the parent of `layers`; one weight set shared by every position.
     pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp("layers").pp(i))).collect::<Result<_>>()?;
+        Self::with_layout(cfg, &StepLayout::Shared(vb))
+    }
+
+    /// Weights in any [`StepLayout`] (the depformer's per-step weights).
+    pub fn with_layout(cfg: &TransformerConfig, layout: &StepLayout) -> Result<Self> {
+        let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, &layout.layer(i))).collect::<Result<_>>()?;
         Ok(Self { cfg: cfg.clone(), layers })
     }
 
@@ -158,22 +185,40 @@ impl Transformer {
 
     /// Whole-sequence forward (every key kept; the context mask still applies).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, &mut TransformerState::default(), None)
+        self.run(x, &mut TransformerState::default(), None, &mut |_, _| Ok(()))
     }
 
     /// Streaming forward of the next `T` steps, continuing `state`.
     pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
-        self.run(x, state, Some(self.cfg.context))
+        self.run(x, state, Some(self.cfg.context), &mut |_, _| Ok(()))
     }
 
-    fn run(&self, x: &Tensor, state: &mut TransformerState, capacity: Option<usize>) -> Result<Tensor> {
+    /// As `step`, calling `inspect(layer index, layer output)` after every layer (for finding
+    /// the first layer that produces NaN, or timing layers).
+    pub fn step_inspect(
+        &self,
+        x: &Tensor,
+        state: &mut TransformerState,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        self.run(x, state, Some(self.cfg.context), inspect)
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        state: &mut TransformerState,
+        capacity: Option<usize>,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         if state.caches.len() != self.layers.len() {
             state.caches = vec![KvCache::default(); self.layers.len()];
         }
         let t = x.dim(1)?;
         let mut x = x.clone();
-        for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
+        for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {
             x = layer.forward(&x, state.offset, cache, capacity)?;
+            inspect(i, &x)?;
         }
         state.offset += t;
         Ok(x)
