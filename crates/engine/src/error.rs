@@ -35,6 +35,10 @@ pub enum EngineError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// The model produced NaN or infinite values; the message names the step and the layer.
+    #[error("numerical failure: {0}")]
+    NonFinite(String),
+
     /// Audio decoding, resampling or writing failed.
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),

@@ -96,9 +96,7 @@ impl LmConfig {
         let err = |msg: String| EngineError::Config { path: path.display().to_string(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if cfg.delays.len() != cfg.n_q + 1 {
-            return Err(err(format!("{} delays for {} streams (text + n_q {})", cfg.delays.len(), cfg.n_q + 1, cfg.n_q)));
-        }
+        cfg.validate(&path.display().to_string())?;
         Ok(cfg)
     }
 
@@ -106,12 +104,96 @@ impl LmConfig {
         self.depformer_dim_feedforward.unwrap_or((self.hidden_scale * self.depformer_dim as f64) as usize)
     }
 
+    /// The temporal transformer's gated FFN width implied by the config.
+    pub fn gated_hidden(&self) -> usize {
+        gated_hidden(self.dim, (self.hidden_scale * self.dim as f64) as usize)
+    }
+
+    /// The depformer's gated FFN width implied by the config.
+    pub fn depformer_gated_hidden(&self) -> usize {
+        gated_hidden(self.depformer_dim, self.depformer_ff())
+    }
+
+    /// Streams the model reads: text, then `n_q` audio streams.
+    pub fn num_streams(&self) -> usize {
+        1 + self.n_q
+    }
+
+    /// Audio streams given by the user (the last `n_q − dep_q`).
+    pub fn user_streams(&self) -> usize {
+        self.n_q - self.dep_q
+    }
+
+    /// Checks what the engine relies on; `origin` names where the config came from.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |msg: String| Err(EngineError::Config { path: origin.to_string(), msg });
+        if self.delays.len() != self.n_q + 1 {
+            return err(format!("{} delays for {} streams (text + n_q {})", self.delays.len(), self.n_q + 1, self.n_q));
+        }
+        if self.dep_q == 0 || self.dep_q > self.n_q {
+            return err(format!("dep_q {} must be in 1..=n_q ({})", self.dep_q, self.n_q));
+        }
+        for (what, v) in [("gating", &self.gating), ("depformer_gating", &self.depformer_gating)] {
+            if v != "silu" {
+                return err(format!("{what} \"{v}\" is not supported (Moshi uses \"silu\")"));
+            }
+        }
+        if self.norm != "rms_norm_f32" {
+            return err(format!("norm \"{}\" is not supported (Moshi uses \"rms_norm_f32\")", self.norm));
+        }
+        for (what, v) in [("positional_embedding", &self.positional_embedding), ("depformer_pos_emb", &self.depformer_pos_emb)] {
+            if v != "rope" && v != "none" {
+                return err(format!("{what} \"{v}\" is not supported (rope or none)"));
+            }
+        }
+        if self.dim % self.num_heads != 0 || self.depformer_dim % self.depformer_num_heads != 0 {
+            return err("dim must be a multiple of num_heads (and depformer_dim of depformer_num_heads)".into());
+        }
+        if self.context == 0 {
+            return err("context must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Every tensor of a checkpoint in Kyutai's Candle layout (`kyutai/moshiko-candle-bf16`):
+    /// the temporal names as in the PyTorch layout, the depformer split per step into
+    /// `depformer.{k}.{linear_in, emb, linear_out, transformer.layers.{l}.*}`.
+    pub fn candle_layout_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, dd) = (self.dim, self.depformer_dim);
+        let dh = self.depformer_gated_hidden();
+        let mut t: Vec<(String, Vec<usize>)> = self
+            .pytorch_layout_tensors()
+            .into_iter()
+            .filter(|(n, _)| {
+                !(n.starts_with("depformer") || n.starts_with("linears."))
+            })
+            .collect();
+        for k in 0..self.dep_q {
+            let p = format!("depformer.{k}");
+            let rows = if k == 0 { self.text_card + 1 } else { self.card + 1 };
+            t.push((format!("{p}.linear_in.weight"), vec![dd, d]));
+            t.push((format!("{p}.emb.weight"), vec![rows, dd]));
+            t.push((format!("{p}.linear_out.weight"), vec![self.card, dd]));
+            for l in 0..self.depformer_num_layers {
+                let q = format!("{p}.transformer.layers.{l}");
+                t.push((format!("{q}.self_attn.in_proj_weight"), vec![3 * dd, dd]));
+                t.push((format!("{q}.self_attn.out_proj.weight"), vec![dd, dd]));
+                t.push((format!("{q}.norm1.alpha"), vec![1, 1, dd]));
+                t.push((format!("{q}.norm2.alpha"), vec![1, 1, dd]));
+                t.push((format!("{q}.gating.linear_in.weight"), vec![2 * dh, dd]));
+                t.push((format!("{q}.gating.linear_out.weight"), vec![dd, dh]));
+            }
+        }
+        t.sort();
+        t
+    }
+
     /// Every tensor of a checkpoint in Kyutai's released PyTorch layout, with its shape: per-step
     /// depformer attention projections stacked along dim 0, FFNs as `gating.{k}`.
     pub fn pytorch_layout_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (d, dd, k) = (self.dim, self.depformer_dim, self.dep_q);
-        let h = gated_hidden(d, (self.hidden_scale * d as f64) as usize);
-        let dh = gated_hidden(dd, self.depformer_ff());
+        let h = self.gated_hidden();
+        let dh = self.depformer_gated_hidden();
         let mut t: Vec<(String, Vec<usize>)> = vec![
             ("text_emb.weight".into(), vec![self.text_card + 1, d]),
             ("text_linear.weight".into(), vec![self.text_card, d]),

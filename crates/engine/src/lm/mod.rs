@@ -1,7 +1,16 @@
-//! The Moshi language model (issue 3, in progress): its configuration, the checkpoint layout it
-//! implies, and the temporal model. The depformer and the streaming step come next.
+//! The Moshi language model: configuration and checkpoint layouts (`config`, `model`), the
+//! temporal transformer (`temporal`), the depformer (`depformer`), sampling (`sampling`) and the
+//! streaming step with the reference's delays (`generate`).
 
 pub mod config;
+pub mod delays;
+pub mod depformer;
+pub mod generate;
+pub mod model;
+pub mod sampling;
 pub mod temporal;
 
 pub use config::LmConfig;
+pub use generate::{GenConfig, LmGenState, StepOut};
+pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};
+pub use sampling::{Noise, ReplayNoise, SamplingConfig, SeededNoise};

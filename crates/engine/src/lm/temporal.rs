@@ -1,14 +1,14 @@
 //! The temporal half of the Moshi LM: per-stream embeddings summed, the temporal transformer
 //! (RMSNorm-f32, gated SiLU, RoPE; `nn::transformer` configured, not copied), `out_norm` and the
-//! text head. The depformer and the streaming step come next (issue 3).
+//! text head. Same names in Kyutai's PyTorch and Candle layouts.
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{gated_hidden, LmConfig};
+use super::config::LmConfig;
 use crate::error::{EngineError, Result};
 use crate::nn::norm::{Norm, NormKind};
-use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig};
+use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig, TransformerState};
 use crate::nn::{linear_no_bias, Linear};
 use crate::weights::get_checked;
 
@@ -66,11 +66,7 @@ impl Temporal {
     pub fn new(cfg: &LmConfig, vb: &VarBuilder) -> Result<Self> {
         let d = cfg.dim;
         let probe = "transformer.layers.0.gating.linear_out.weight";
-        let hidden = if vb.contains_tensor(probe) {
-            vb.get_unchecked(probe)?.dim(1)?
-        } else {
-            gated_hidden(d, (cfg.hidden_scale * d as f64) as usize)
-        };
+        let hidden = if vb.contains_tensor(probe) { vb.get_unchecked(probe)?.dim(1)? } else { cfg.gated_hidden() };
         let tcfg = TransformerConfig {
             d_model: d,
             num_heads: cfg.num_heads,
@@ -92,9 +88,9 @@ impl Temporal {
         })
     }
 
-    /// Whole-sequence forward of already-delayed streams `tokens` [B, 1 + n_q, T]
-    /// (text, then audio streams; −1 contributes nothing).
-    pub fn forward(&self, tokens: &Tensor) -> Result<TemporalOut> {
+    /// The summed embeddings of `tokens` [B, 1 + n_q, T] (text, then audio streams; −1
+    /// contributes nothing).
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (_b, k, _t) = tokens.dims3()?;
         if k != 1 + self.emb.len() {
             return Err(EngineError::InvalidInput(format!("{k} streams given, the model has {}", 1 + self.emb.len())));
@@ -103,9 +99,36 @@ impl Temporal {
         for (i, e) in self.emb.iter().enumerate() {
             x = (x + e.forward(&tokens.narrow(1, i + 1, 1)?.squeeze(1)?)?)?;
         }
-        let hidden = self.transformer.forward(&x)?;
+        Ok(x)
+    }
+
+    fn head(&self, hidden: Tensor) -> Result<TemporalOut> {
         let out = self.out_norm.forward(&hidden)?;
         let text_logits = self.text_linear.forward(&out)?;
         Ok(TemporalOut { hidden, out, text_logits })
+    }
+
+    /// Whole-sequence forward of already-delayed streams `tokens` [B, 1 + n_q, T].
+    pub fn forward(&self, tokens: &Tensor) -> Result<TemporalOut> {
+        self.head(self.transformer.forward(&self.embed(tokens)?)?)
+    }
+
+    /// Streaming forward of the next steps `tokens` [B, 1 + n_q, T], continuing `state`;
+    /// `inspect` sees every layer's output (see `Transformer::step_inspect`).
+    pub fn step(
+        &self,
+        tokens: &Tensor,
+        state: &mut TransformerState,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<TemporalOut> {
+        self.head(self.transformer.step_inspect(&self.embed(tokens)?, state, inspect)?)
+    }
+
+    pub fn device(&self) -> candle_core::Device {
+        self.text_linear.weight().device().clone()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.transformer.config().num_layers
     }
 }

@@ -47,6 +47,11 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Move the write position back by `steps` (see `TransformerState::rewind`).
+    pub fn rewind(&mut self, steps: usize) {
+        self.written = self.written.saturating_sub(steps);
+    }
+
     /// Write `k`, `v` [B, H, T, Dh] for positions `offset .. offset + T` and return the filled
     /// part of the ring with the position held by each slot.
     fn append(&mut self, k: &Tensor, v: &Tensor, offset: usize, capacity: usize) -> Result<(Tensor, Tensor, Vec<i64>)> {

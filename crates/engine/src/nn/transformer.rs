@@ -158,6 +158,16 @@ impl TransformerState {
     pub fn offset(&self) -> usize {
         self.offset
     }
+
+    /// Forget the last `steps` steps so that they can be run again (their ring slots are then
+    /// overwritten with the same positions). Only steps still held by the caches can be re-run.
+    pub fn rewind(&mut self, steps: usize) {
+        let steps = steps.min(self.offset);
+        self.offset -= steps;
+        for c in &mut self.caches {
+            c.rewind(steps);
+        }
+    }
 }
 
 /// A stack of layers over [B, T, d] inputs.

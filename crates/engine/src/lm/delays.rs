@@ -1,0 +1,124 @@
+//! The token bookkeeping of the streaming step, apart from any model so that it can be tested
+//! with symbolic tokens (docs/lm.md has the same rules with examples).
+//!
+//! Streams k = 0..K: 0 text, 1..=G−1 the model's audio (G generated streams in all), then the
+//! user's audio; D_k the delays, M = max D. Every stream has a position sequence X_k[p]:
+//! - generated streams: what step n sampled is written at position n + 1;
+//! - user streams: the code given at step n is written at position n + D_k.
+//!
+//! The input of step n is X_k[n], or the stream's initial token while n ≤ D_k. Step n returns
+//! nothing while n < M, then X_k[n + 1 − M + D_k] for each generated stream: the tokens of time
+//! index n − M, all streams aligned.
+
+use crate::error::{EngineError, Result};
+
+/// Recent positions of every stream of B rows.
+#[derive(Debug, Clone)]
+pub struct DelayBuffer {
+    delays: Vec<usize>,
+    initial: Vec<i64>,
+    generated: usize,
+    batch: usize,
+    /// Slots kept; position p lives in slot p mod ring.
+    ring: usize,
+    /// `((slot · K) + k) · B + row`
+    hist: Vec<i64>,
+    step: usize,
+}
+
+impl DelayBuffer {
+    /// `delays` and `initial` per stream; the first `generated` streams are the model's.
+    pub fn new(delays: &[usize], initial: &[i64], generated: usize, batch: usize) -> Result<Self> {
+        if delays.len() != initial.len() || generated == 0 || generated > delays.len() || batch == 0 {
+            return Err(EngineError::InvalidInput(format!(
+                "delay buffer: {} delays, {} initial tokens, {generated} generated streams, batch {batch}",
+                delays.len(),
+                initial.len()
+            )));
+        }
+        let m = delays.iter().copied().max().unwrap_or(0);
+        // Live positions at step n run from n + 1 − M (oldest output) to n + M (newest user
+        // write): 2M positions, plus X[n] and X[n + 1] when M = 0.
+        let ring = 2 * m + 2;
+        Ok(Self {
+            delays: delays.to_vec(),
+            initial: initial.to_vec(),
+            generated,
+            batch,
+            ring,
+            hist: vec![0; ring * delays.len() * batch],
+            step: 0,
+        })
+    }
+
+    pub fn max_delay(&self) -> usize {
+        self.delays.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The step the next `input` call prepares.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn at(&self, p: usize, k: usize, row: usize) -> usize {
+        ((p % self.ring) * self.delays.len() + k) * self.batch + row
+    }
+
+    /// Write the user's codes of this step ([B, K − G] row-major) and return the model input
+    /// of this step ([B, K] row-major).
+    pub fn input(&mut self, user: &[i64]) -> Result<Vec<i64>> {
+        let (b, kk, g, n) = (self.batch, self.delays.len(), self.generated, self.step);
+        let u = kk - g;
+        if user.len() != b * u {
+            return Err(EngineError::InvalidInput(format!(
+                "step {n}: {} user codes given, expected {b} rows × {u} codebooks",
+                user.len()
+            )));
+        }
+        for j in 0..u {
+            for row in 0..b {
+                let i = self.at(n + self.delays[g + j], g + j, row);
+                self.hist[i] = user[row * u + j];
+            }
+        }
+        let mut input = vec![0i64; b * kk];
+        for row in 0..b {
+            for k in 0..kk {
+                input[row * kk + k] =
+                    if n <= self.delays[k] { self.initial[k] } else { self.hist[self.at(n, k, row)] };
+            }
+        }
+        Ok(input)
+    }
+
+    /// Record what this step sampled ([B, G] row-major), advance, and return the aligned
+    /// output ([B, G] row-major) once the delays are filled.
+    pub fn record(&mut self, sampled: &[i64]) -> Result<Option<Vec<i64>>> {
+        let (b, g, n) = (self.batch, self.generated, self.step);
+        if sampled.len() != b * g {
+            return Err(EngineError::InvalidInput(format!("step {n}: {} sampled tokens, expected {b} × {g}", sampled.len())));
+        }
+        for row in 0..b {
+            for k in 0..g {
+                let i = self.at(n + 1, k, row);
+                self.hist[i] = sampled[row * g + k];
+            }
+        }
+        let m = self.max_delay();
+        let out = (n >= m).then(|| {
+            let mut out = vec![0i64; b * g];
+            for row in 0..b {
+                for k in 0..g {
+                    out[row * g + k] = self.hist[self.at(n + 1 - m + self.delays[k], k, row)];
+                }
+            }
+            out
+        });
+        self.step += 1;
+        Ok(out)
+    }
+}

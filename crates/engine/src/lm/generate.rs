@@ -1,0 +1,184 @@
+//! The streaming step (the reference's `LMGen.step`): user audio codes in, the model's text
+//! token and audio codes out, with the per-stream delays kept by [`DelayBuffer`] (the alignment
+//! is written down there and in docs/lm.md). Per step: the temporal model reads the step's
+//! input, the text token is sampled from its head, then the depformer samples the model's
+//! codebooks one after the other, each step reading the token sampled just before.
+
+use candle_core::{DType, Tensor};
+
+use super::delays::DelayBuffer;
+use super::model::LmModel;
+use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
+use crate::error::{EngineError, Result};
+use crate::nn::transformer::TransformerState;
+
+/// Sampling settings of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenConfig {
+    pub text: SamplingConfig,
+    pub audio: SamplingConfig,
+}
+
+impl Default for GenConfig {
+    /// The reference's defaults: text 0.7 / top 25, audio 0.8 / top 250.
+    fn default() -> Self {
+        Self { text: SamplingConfig::text_default(), audio: SamplingConfig::audio_default() }
+    }
+}
+
+impl GenConfig {
+    pub fn greedy() -> Self {
+        Self { text: SamplingConfig::greedy(), audio: SamplingConfig::greedy() }
+    }
+}
+
+/// Everything one conversation (B rows stepped together) carries between steps; the weights
+/// stay in the shared [`LmModel`].
+pub struct LmGenState {
+    temporal: TransformerState,
+    tokens: DelayBuffer,
+    cfg: GenConfig,
+    noise: Box<dyn Noise>,
+}
+
+impl LmGenState {
+    /// Steps taken so far.
+    pub fn step_index(&self) -> usize {
+        self.tokens.step()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.tokens.batch()
+    }
+
+    pub fn config(&self) -> &GenConfig {
+        &self.cfg
+    }
+}
+
+/// What one step produced.
+#[derive(Debug, Clone)]
+pub struct StepOut {
+    /// [B, 1 + dep_q] row-major: text and model audio tokens of time index `step − M`; `None`
+    /// while the delays fill (the first M steps).
+    pub tokens: Option<Vec<i64>>,
+    /// [B, 1 + n_q] row-major: what the temporal model read at this step.
+    pub input: Vec<i64>,
+    /// [B]: the text token sampled at this step.
+    pub text: Vec<u32>,
+    /// [B, dep_q] row-major: the audio tokens sampled at this step.
+    pub audio: Vec<u32>,
+    /// [B, 1, dim]: temporal output after `out_norm`.
+    pub transformer_out: Tensor,
+    /// [B, 1, text_card]
+    pub text_logits: Tensor,
+    /// Per depformer step: [B, 1, card].
+    pub depformer_logits: Vec<Tensor>,
+}
+
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl LmModel {
+    /// A fresh conversation of `batch` rows with seeded noise.
+    pub fn new_state(&self, batch: usize, cfg: GenConfig, seed: u64) -> Result<LmGenState> {
+        self.new_state_with_noise(batch, cfg, Box::new(SeededNoise::new(seed)))
+    }
+
+    /// A fresh conversation with any noise source (e.g. a reference run's recorded noise).
+    pub fn new_state_with_noise(&self, batch: usize, cfg: GenConfig, noise: Box<dyn Noise>) -> Result<LmGenState> {
+        let c = self.config();
+        let initial: Vec<i64> = (0..c.num_streams()).map(|k| self.initial_token(k)).collect();
+        let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.dep_q, batch)?;
+        Ok(LmGenState { temporal: TransformerState::default(), tokens, cfg, noise })
+    }
+
+    /// M: steps before the first output.
+    pub fn max_delay(&self) -> usize {
+        self.config().delays.iter().copied().max().unwrap_or(0)
+    }
+
+    /// One streaming step. `user` holds the user's audio codes of this step, [B, n_q − dep_q]
+    /// row-major (Mimi's codes of the latest 80 ms frame).
+    pub fn step(&self, st: &mut LmGenState, user: &[i64]) -> Result<StepOut> {
+        let cfg = self.config();
+        let (b, kk, dq, n) = (st.batch(), cfg.num_streams(), cfg.dep_q, st.step_index());
+        if let Some(bad) = user.iter().find(|&&c| c < 0 || c >= cfg.card as i64) {
+            return Err(EngineError::InvalidInput(format!("step {n}: user code {bad} outside [0, {})", cfg.card)));
+        }
+        let input = st.tokens.input(user)?;
+        let device = self.temporal_device();
+        let tokens = Tensor::from_vec(input.clone(), (b, kk, 1), &device)?;
+        let t_out = self.temporal().step(&tokens, &mut st.temporal, &mut |_, _| Ok(()))?;
+        let logits = to_f32_vec(&t_out.text_logits)?;
+        if logits.iter().any(|x| !x.is_finite()) {
+            return Err(self.locate_non_finite(st, &tokens, "text logits"));
+        }
+        let text = sample(&logits, b, &st.cfg.text, st.noise.as_mut(), &format!("step {n}, text"))?;
+
+        let mut dstate = TransformerState::default();
+        let mut prev: Vec<i64> = text.iter().map(|&t| t as i64).collect();
+        let mut audio = vec![0u32; b * dq];
+        let mut depformer_logits = Vec::with_capacity(dq);
+        for k in 0..dq {
+            let prev_t = Tensor::from_vec(prev.clone(), (b, 1), &device)?;
+            let l = self.depformer().step(k, &t_out.out, &prev_t, &mut dstate)?;
+            let lv = to_f32_vec(&l)?;
+            if lv.iter().any(|x| !x.is_finite()) {
+                return Err(EngineError::NonFinite(format!(
+                    "step {n}: non-finite logits at depformer step {k} (codebook {k}); the temporal output was finite"
+                )));
+            }
+            let a = sample(&lv, b, &st.cfg.audio, st.noise.as_mut(), &format!("step {n}, depformer step {k}"))?;
+            for row in 0..b {
+                audio[row * dq + k] = a[row];
+                prev[row] = a[row] as i64;
+            }
+            depformer_logits.push(l);
+        }
+        let mut sampled = vec![0i64; b * (1 + dq)];
+        for row in 0..b {
+            sampled[row * (1 + dq)] = text[row] as i64;
+            for k in 0..dq {
+                sampled[row * (1 + dq) + 1 + k] = audio[row * dq + k] as i64;
+            }
+        }
+        let tokens = st.tokens.record(&sampled)?;
+        Ok(StepOut {
+            tokens,
+            input,
+            text,
+            audio,
+            transformer_out: t_out.out,
+            text_logits: t_out.text_logits,
+            depformer_logits,
+        })
+    }
+
+    fn temporal_device(&self) -> candle_core::Device {
+        self.temporal().device()
+    }
+
+    /// After non-finite logits at the current step: re-run the step's temporal forward with
+    /// every layer checked (the ring KV cache makes the re-run overwrite the same slots) and
+    /// name the first layer whose output is not finite.
+    fn locate_non_finite(&self, st: &mut LmGenState, tokens: &Tensor, what: &str) -> EngineError {
+        let n = st.step_index();
+        st.temporal.rewind(1);
+        let mut first: Option<usize> = None;
+        let mut check = |i: usize, x: &Tensor| -> Result<()> {
+            if first.is_none() && to_f32_vec(x)?.iter().any(|v| !v.is_finite()) {
+                first = Some(i);
+            }
+            Ok(())
+        };
+        let rerun = self.temporal().step(tokens, &mut st.temporal, &mut check);
+        let place = match (rerun, first) {
+            (Err(e), _) => format!("(re-running the step to find the layer failed: {e})"),
+            (Ok(_), Some(i)) => format!("first non-finite output at temporal transformer layer {i}"),
+            (Ok(_), None) => "every temporal layer was finite; the non-finite values appear in out_norm or the text head".into(),
+        };
+        EngineError::NonFinite(format!("step {n}: non-finite values in the {what}; {place}"))
+    }
+}

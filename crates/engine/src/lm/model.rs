@@ -1,0 +1,190 @@
+//! The whole Moshi LM (temporal model + depformer), loaded from either of Kyutai's checkpoint
+//! layouts, with the checkpoint checked name by name from its header before any tensor is read.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::LmConfig;
+use super::depformer::Depformer;
+use super::temporal::{Temporal, TemporalOut};
+use crate::error::{EngineError, Result};
+
+/// Which of Kyutai's checkpoint layouts a file uses (they differ in the depformer only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `kyutai/moshiko-pytorch-bf16` and friends: stacked per-step depformer projections.
+    PyTorch,
+    /// `kyutai/moshiko-candle-bf16`: the depformer split per step as `depformer.{k}.*`.
+    Candle,
+}
+
+impl Layout {
+    /// Guess from the tensor names present.
+    pub fn detect(has: impl Fn(&str) -> bool) -> Option<Layout> {
+        if has("depformer.0.linear_in.weight") {
+            Some(Layout::Candle)
+        } else if has("depformer_in.0.weight") {
+            Some(Layout::PyTorch)
+        } else {
+            None
+        }
+    }
+
+    /// Every tensor name and shape the layout has for `cfg`.
+    pub fn tensors(self, cfg: &LmConfig) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Layout::PyTorch => cfg.pytorch_layout_tensors(),
+            Layout::Candle => cfg.candle_layout_tensors(),
+        }
+    }
+}
+
+/// Check a checkpoint's names and shapes (from its header: `(name, shape)` pairs) against `cfg`
+/// without reading any tensor. Errors name the first missing tensor or the first wrong shape
+/// (with both shapes); tensors the model does not use are reported by the caller if it wishes.
+pub fn check_checkpoint(cfg: &LmConfig, header: &[(String, Vec<usize>)]) -> Result<(Layout, Vec<String>)> {
+    let has = |n: &str| header.iter().any(|(h, _)| h == n);
+    let layout = Layout::detect(has).ok_or_else(|| {
+        let hint = if has("encoder.model.0.conv.conv.weight") { " (it looks like a Mimi checkpoint)" } else { "" };
+        EngineError::MissingTensor {
+            name: "depformer_in.0.weight".into(),
+            expected: vec![cfg.depformer_dim, cfg.dim],
+            hint: format!(
+                "; neither Kyutai's PyTorch (depformer_in.*) nor Candle (depformer.0.linear_in.*) LM layout{hint}"
+            ),
+        }
+    })?;
+    let expected = layout.tensors(cfg);
+    for (name, shape) in &expected {
+        match header.iter().find(|(h, _)| h == name) {
+            None => {
+                return Err(EngineError::MissingTensor {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    hint: format!(" ({layout:?} layout)"),
+                })
+            }
+            Some((_, got)) if got != shape => {
+                return Err(EngineError::WrongShape { name: name.clone(), expected: shape.clone(), got: got.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    let unused = header.iter().filter(|(h, _)| !expected.iter().any(|(e, _)| e == h)).map(|(h, _)| h.clone()).collect();
+    Ok((layout, unused))
+}
+
+/// The teacher-forced forward of a whole sequence.
+#[derive(Debug, Clone)]
+pub struct TeacherForced {
+    /// What the temporal model reads, [B, 1 + n_q, T] (see `delay_streams`).
+    pub delayed_input: Tensor,
+    pub temporal: TemporalOut,
+    /// The token each depformer step reads, [B, dep_q, T].
+    pub depformer_tokens: Tensor,
+    /// [B, dep_q, T, card], position p predicting the audio of delayed position p + 1.
+    pub depformer_logits: Tensor,
+}
+
+/// The LM's weights, shared by every conversation (state lives in `LmGenState`).
+#[derive(Debug, Clone)]
+pub struct LmModel {
+    cfg: LmConfig,
+    layout: Layout,
+    temporal: Temporal,
+    depformer: Depformer,
+}
+
+impl LmModel {
+    /// Build from weights under `vb`'s root (layout detected from the names present).
+    pub fn new(cfg: &LmConfig, vb: &VarBuilder) -> Result<Self> {
+        cfg.validate("LM config")?;
+        let layout = Layout::detect(|n| vb.contains_tensor(n)).ok_or_else(|| EngineError::MissingTensor {
+            name: "depformer_in.0.weight".into(),
+            expected: vec![cfg.depformer_dim, cfg.dim],
+            hint: "; neither Kyutai's PyTorch nor Candle LM layout".into(),
+        })?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            layout,
+            temporal: Temporal::new(cfg, vb)?,
+            depformer: Depformer::new(cfg, vb, layout)?,
+        })
+    }
+
+    /// Load safetensors files, after checking every name and shape from their headers.
+    pub fn load(paths: &[PathBuf], cfg: &LmConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let mut header = Vec::new();
+        for p in paths {
+            header.extend(crate::weights::read_header(p)?.into_iter().map(|(n, s, _)| (n, s)));
+        }
+        let (_, unused) = check_checkpoint(cfg, &header)?;
+        if !unused.is_empty() {
+            tracing::warn!("{} checkpoint tensors are not used by the LM, e.g. {}", unused.len(), unused[0]);
+        }
+        let vb = crate::weights::open_safetensors(paths, dtype, device)?;
+        Self::new(cfg, &vb)
+    }
+
+    pub fn config(&self) -> &LmConfig {
+        &self.cfg
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn temporal(&self) -> &Temporal {
+        &self.temporal
+    }
+
+    pub fn depformer(&self) -> &Depformer {
+        &self.depformer
+    }
+
+    /// Initial token of stream k (what is read where nothing was written yet).
+    pub fn initial_token(&self, stream: usize) -> i64 {
+        if stream == 0 {
+            self.cfg.text_card as i64
+        } else {
+            self.cfg.card as i64
+        }
+    }
+
+    /// Teacher-forced forward of un-delayed `codes` [B, 1 + n_q, T] (text, model audio, user
+    /// audio; −1 = nothing): delays them as the reference's `LMModel.forward` does, runs the
+    /// temporal model and every depformer step at every position.
+    pub fn forward_teacher(&self, codes: &Tensor) -> Result<TeacherForced> {
+        let (b, k, t) = codes.dims3()?;
+        if k != self.cfg.num_streams() {
+            return Err(EngineError::InvalidInput(format!("{k} streams given, the model has {}", self.cfg.num_streams())));
+        }
+        let full = self.delay_streams(codes)?; // [B, K, T + 1]
+        let delayed_input = full.narrow(2, 0, t)?;
+        let temporal = self.temporal.forward(&delayed_input)?;
+        let depformer_tokens = full.narrow(1, 0, self.cfg.dep_q)?.narrow(2, 1, t)?.contiguous()?;
+        let depformer_logits = self.depformer.forward_all(&temporal.out, &depformer_tokens)?;
+        let _ = b;
+        Ok(TeacherForced { delayed_input, temporal, depformer_tokens, depformer_logits })
+    }
+
+    /// The delayed sequence of length T + 1: S[:, k, p] = initial_k if p = 0 or p − 1 < D_k,
+    /// else codes[:, k, p − 1 − D_k].
+    pub fn delay_streams(&self, codes: &Tensor) -> Result<Tensor> {
+        let (b, k, t) = codes.dims3()?;
+        let v = codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        let mut out = vec![0i64; b * k * (t + 1)];
+        for bi in 0..b {
+            for s in 0..k {
+                let d = self.cfg.delays[s];
+                for p in 0..=t {
+                    let o = (bi * k + s) * (t + 1) + p;
+                    out[o] = if p == 0 || p - 1 < d { self.initial_token(s) } else { v[(bi * k + s) * t + p - 1 - d] };
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (b, k, t + 1), codes.device())?)
+    }
+}

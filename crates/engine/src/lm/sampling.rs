@@ -1,0 +1,170 @@
+//! Token sampling as the reference's `utils/sampling.py` does it, so that a run can be replayed:
+//! greedy is `argmax(logits)`; otherwise `probs = softmax(logits / temperature)` (f32), the top
+//! k probabilities sorted descending, and the token is the one at rank `argmax(prob_r / q_r)`
+//! with q an Exponential(1) draw per rank (the "exponential race", equivalent to drawing from
+//! the renormalised top-k distribution). The noise comes from a [`Noise`] source: a seeded RNG,
+//! or recorded noise replayed call by call (torch's generator itself cannot be reproduced).
+
+use std::collections::VecDeque;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp1};
+
+use crate::error::{EngineError, Result};
+
+/// Settings for one kind of token (text or audio).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingConfig {
+    /// `None` (or a temperature ≤ 0): greedy.
+    pub temperature: Option<f64>,
+    pub top_k: usize,
+}
+
+impl SamplingConfig {
+    pub fn greedy() -> Self {
+        Self { temperature: None, top_k: 1 }
+    }
+
+    pub fn sampled(temperature: f64, top_k: usize) -> Self {
+        Self { temperature: Some(temperature), top_k }
+    }
+
+    /// The reference's LMGen defaults: text 0.7 / top 25.
+    pub fn text_default() -> Self {
+        Self::sampled(0.7, 25)
+    }
+
+    /// The reference's LMGen defaults: audio 0.8 / top 250.
+    pub fn audio_default() -> Self {
+        Self::sampled(0.8, 250)
+    }
+
+    /// Greedy unless a positive temperature is set. With a temperature, `top_k` 0 samples from
+    /// the whole vocabulary (noise in token order, as the reference's `multinomial`).
+    pub fn is_greedy(&self) -> bool {
+        !matches!(self.temperature, Some(t) if t > 0.0)
+    }
+}
+
+/// A source of Exponential(1) noise, one block of `rows × k` values per sampling call
+/// (row-major: batch row, then rank).
+pub trait Noise: Send {
+    fn fill(&mut self, rows: usize, k: usize, out: &mut Vec<f32>) -> Result<()>;
+}
+
+/// Deterministic noise from a seed (ChaCha8, portable across platforms).
+pub struct SeededNoise(ChaCha8Rng);
+
+impl SeededNoise {
+    pub fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+}
+
+impl Noise for SeededNoise {
+    fn fill(&mut self, rows: usize, k: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend((0..rows * k).map(|_| {
+            let e: f64 = Exp1.sample(&mut self.0);
+            e as f32
+        }));
+        Ok(())
+    }
+}
+
+/// Recorded noise, replayed in the order it was recorded, each block checked for its size.
+#[derive(Default)]
+pub struct ReplayNoise {
+    blocks: VecDeque<Vec<f32>>,
+    used: usize,
+}
+
+impl ReplayNoise {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queue the noise of the next sampling call (`rows × k` values).
+    pub fn push(&mut self, block: Vec<f32>) {
+        self.blocks.push_back(block);
+    }
+
+    /// Blocks not consumed yet.
+    pub fn remaining(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+impl Noise for ReplayNoise {
+    fn fill(&mut self, rows: usize, k: usize, out: &mut Vec<f32>) -> Result<()> {
+        let block = self.blocks.pop_front().ok_or_else(|| {
+            EngineError::InvalidInput(format!("replayed noise ran out after {} sampling calls", self.used))
+        })?;
+        if block.len() != rows * k {
+            return Err(EngineError::InvalidInput(format!(
+                "replayed noise block {} has {} values, the sampling call needs {rows}×{k}",
+                self.used,
+                block.len()
+            )));
+        }
+        self.used += 1;
+        *out = block;
+        Ok(())
+    }
+}
+
+/// Index of the largest value (the first one on ties, as torch's argmax on CPU).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Sample one token per row of `logits` (row-major [rows, vocab], f32). NaN logits are an
+/// error naming `what` and the row.
+pub fn sample(logits: &[f32], rows: usize, cfg: &SamplingConfig, noise: &mut dyn Noise, what: &str) -> Result<Vec<u32>> {
+    if rows == 0 || logits.len() % rows != 0 {
+        return Err(EngineError::InvalidInput(format!("{what}: {} logits for {rows} rows", logits.len())));
+    }
+    let vocab = logits.len() / rows;
+    for (r, row) in logits.chunks(vocab).enumerate() {
+        if let Some(i) = row.iter().position(|x| x.is_nan()) {
+            return Err(EngineError::InvalidInput(format!("{what}: NaN logit (batch row {r}, token {i})")));
+        }
+    }
+    if cfg.is_greedy() {
+        return Ok(logits.chunks(vocab).map(|row| argmax(row) as u32).collect());
+    }
+    let temp = cfg.temperature.unwrap_or(1.0) as f32;
+    let k = if cfg.top_k == 0 { vocab } else { cfg.top_k.min(vocab) };
+    let mut q = Vec::new();
+    noise.fill(rows, k, &mut q)?;
+    let mut out = Vec::with_capacity(rows);
+    let mut probs = vec![0f32; vocab];
+    for (r, row) in logits.chunks(vocab).enumerate() {
+        // softmax(logits / T) in f32, as torch computes it (max-subtracted).
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x / temp));
+        let mut sum = 0f32;
+        for (p, &x) in probs.iter_mut().zip(row) {
+            *p = (x / temp - m).exp();
+            sum += *p;
+        }
+        for p in probs.iter_mut() {
+            *p /= sum;
+        }
+        // Top k, descending by probability (ties: lower index first); top_k 0: token order.
+        let mut idx: Vec<usize> = (0..vocab).collect();
+        if cfg.top_k != 0 {
+            idx.sort_by(|&a, &b| probs[b].partial_cmp(&probs[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        }
+        let qr = &q[r * k..(r + 1) * k];
+        let ratios: Vec<f32> = (0..k).map(|j| probs[idx[j]] / qr[j]).collect();
+        out.push(idx[argmax(&ratios)] as u32);
+    }
+    Ok(out)
+}
