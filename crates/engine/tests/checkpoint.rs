@@ -5,30 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use moshi_engine::mimi::{Mimi, MimiConfig};
 use moshi_engine::EngineError;
 
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moshi-rs-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use common::temp_path;
 
 fn released_names() -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(common::golden_dir().join("mimi_checkpoint_names.txt")).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut parts = l.split('\t');
-            let name = parts.next().unwrap().to_string();
-            let shape = parts.next().unwrap().trim_matches(|c| c == '[' || c == ']');
-            let shape = shape.split(',').map(|d| d.trim().parse::<usize>().unwrap()).collect();
-            (name, shape)
-        })
-        .collect()
+    common::names_file("mimi_checkpoint_names.txt")
 }
 
 fn save(tensors: &HashMap<String, Tensor>, path: &std::path::Path) {

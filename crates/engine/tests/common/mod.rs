@@ -20,6 +20,27 @@ pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden")
 }
 
+/// A path in this test process's own temporary folder.
+pub fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moshi-rs-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A committed list of checkpoint names and shapes (`name<TAB>[d0, d1, ...]` per line).
+pub fn names_file(rel: &str) -> Vec<(String, Vec<usize>)> {
+    let text = std::fs::read_to_string(golden_dir().join(rel)).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut parts = l.split('\t');
+            let name = parts.next().unwrap().to_string();
+            let shape = parts.next().unwrap().trim_matches(|c| c == '[' || c == ']');
+            (name, shape.split(',').map(|d| d.trim().parse::<usize>().unwrap()).collect())
+        })
+        .collect()
+}
+
 pub struct Fixture {
     pub tensors: HashMap<String, Tensor>,
 }
