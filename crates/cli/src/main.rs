@@ -2,6 +2,7 @@
 //! model resolution and printing live here; everything numerical lives in the engine.
 
 mod codec;
+mod lm;
 mod model;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,11 @@ enum Command {
         #[command(subcommand)]
         command: codec::CodecCommand,
     },
+    /// The Moshi language model: benchmark, checkpoint check.
+    Lm {
+        #[command(subcommand)]
+        command: lm::LmCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Codec { command } => codec::run(command),
+        Command::Lm { command } => lm::run(command),
     }
 }
 

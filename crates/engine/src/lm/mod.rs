@@ -7,6 +7,7 @@ pub mod delays;
 pub mod depformer;
 pub mod generate;
 pub mod model;
+pub mod random;
 pub mod sampling;
 pub mod temporal;
 

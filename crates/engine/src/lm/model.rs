@@ -128,6 +128,13 @@ impl LmModel {
         Self::new(cfg, &vb)
     }
 
+    /// Build from in-memory tensors (e.g. `lm::random::random_weights`), names checked first.
+    pub fn from_tensors(cfg: &LmConfig, tensors: std::collections::HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Self> {
+        let header: Vec<(String, Vec<usize>)> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+        check_checkpoint(cfg, &header)?;
+        Self::new(cfg, &VarBuilder::from_tensors(tensors, dtype, device))
+    }
+
     pub fn config(&self) -> &LmConfig {
         &self.cfg
     }

@@ -3,7 +3,8 @@
 //! Streaming runs a handful of rows at a time (2 latent steps per Mimi frame), where a matmul is
 //! bound by reading W: Candle's CPU GEMM repacks the transposed weight on every call and reaches
 //! about 3.4 GB/s here, a row-parallel dot-product kernel over the contiguous W about 5.4 GB/s
-//! (measured on this 2-core machine). So: few rows, f32, CPU → our kernel; anything else → Candle.
+//! (measured on this 2-core machine). So: few rows, f32 or bf16, CPU → our kernel; anything else
+//! → Candle (whose bf16 CPU path widens the whole weight on every call: ~10× slower than f32).
 
 use candle_core::{DType, Device, Module, Tensor};
 use rayon::prelude::*;
@@ -27,28 +28,48 @@ impl Linear {
     }
 }
 
+/// A weight element the kernel widens to f32 as it streams (bf16 widening is a 16-bit shift,
+/// so bf16 weights halve the bytes read at the same arithmetic).
+trait WeightElem: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl WeightElem for half::bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
 /// Σ a·b over equal-length slices, with 16 independent accumulators so that the compiler
 /// vectorises it (with AVX2+FMA when inlined into `rows_avx2`).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<W: WeightElem>(a: &[f32], b: &[W]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            acc[i] += x[i] * y[i];
+            acc[i] += x[i] * y[i].widen();
         }
     }
     let mut s: f32 = acc.iter().sum();
     for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+        s += x * y.widen();
     }
     s
 }
 
 /// Output rows `row0 ..` of xWᵀ, transposed: `chunk` is [rows, m].
 #[inline(always)]
-fn rows_generic(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+fn rows_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
     for (r, outs) in chunk.chunks_mut(m).enumerate() {
         let wr = &w[(row0 + r) * k..(row0 + r + 1) * k];
         for (i, o) in outs.iter_mut().enumerate() {
@@ -61,11 +82,11 @@ fn rows_generic(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &m
 /// (≈ 6 GB/s of weights), this one is memory-bound.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+unsafe fn rows_avx2<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
     rows_generic(x, w, m, k, row0, chunk)
 }
 
-fn rows(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
+fn rows<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -75,7 +96,7 @@ fn rows(x: &[f32], w: &[f32], m: usize, k: usize, row0: usize, chunk: &mut [f32]
 }
 
 /// x [m, k] · w[n, k]ᵀ → [m, n], parallel over blocks of W's rows.
-fn small_m_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+fn small_m_matmul<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, n: usize) -> Vec<f32> {
     const BLOCK: usize = 64;
     let mut out_t = vec![0f32; n * m]; // [n, m]
     out_t.par_chunks_mut(BLOCK * m).enumerate().for_each(|(bi, chunk)| rows(x, w, m, k, bi * BLOCK, chunk));
@@ -89,25 +110,30 @@ fn small_m_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32
 }
 
 impl Module for Linear {
+    /// Few rows on the CPU with f32 or bf16 weights: the weight-streaming kernel (f32
+    /// accumulation, the output in the input's dtype). Anything else: Candle's matmul.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, k) = self.weight.dims2()?;
         let dims = x.dims().to_vec();
         let m: usize = dims[..dims.len() - 1].iter().product();
-        let fast = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
+        let wdt = self.weight.dtype();
+        let fast = matches!(x.device(), Device::Cpu)
+            && matches!((x.dtype(), wdt), (DType::F32, DType::F32) | (DType::BF16, DType::BF16));
         if fast && m <= SMALL_M && *dims.last().unwrap_or(&0) == k {
-            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            let xv = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             let (storage, layout) = self.weight.storage_and_layout();
+            let range = layout.start_offset()..layout.start_offset() + n * k;
             let y = match &*storage {
-                candle_core::Storage::Cpu(cpu) => {
-                    let w = cpu.as_slice::<f32>()?;
-                    let w = &w[layout.start_offset()..layout.start_offset() + n * k];
-                    small_m_matmul(&xv, w, m, k, n)
+                candle_core::Storage::Cpu(cpu) if wdt == DType::F32 => {
+                    small_m_matmul(&xv, &cpu.as_slice::<f32>()?[range], m, k, n)
                 }
+                candle_core::Storage::Cpu(cpu) => small_m_matmul(&xv, &cpu.as_slice::<half::bf16>()?[range], m, k, n),
                 _ => unreachable!("checked: CPU tensor"),
             };
+            drop(storage);
             let mut out_dims = dims;
             *out_dims.last_mut().expect("rank ≥ 1") = n;
-            return Tensor::from_vec(y, out_dims, x.device());
+            return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
         let w = self.weight.t()?;
         match x.rank() {
@@ -133,6 +159,26 @@ mod tests {
             let reference = x.broadcast_matmul(&w.t().unwrap()).unwrap();
             let err = (ours - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(err.to_scalar::<f32>().unwrap() < 1e-4, "m={m}");
+        }
+    }
+
+    /// bf16 weights: the kernel equals an f32 product of the widened values, rounded to bf16.
+    #[test]
+    fn small_m_bf16_path_matches_widened_product() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (130, 70), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let lin = Linear::new(w.clone()).unwrap();
+        for m in [1, 2, 8] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, 70), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+            let ours = lin.forward(&x).unwrap();
+            assert_eq!(ours.dtype(), DType::BF16);
+            let wf = w.to_dtype(DType::F32).unwrap();
+            let reference = x.to_dtype(DType::F32).unwrap().broadcast_matmul(&wf.t().unwrap()).unwrap();
+            let err = (ours.to_dtype(DType::F32).unwrap() - &reference).unwrap().abs().unwrap();
+            let peak = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            // Only the output rounding to bf16 differs: half an ulp, 2⁻⁹ of the value.
+            let e = err.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(e <= peak / 256.0, "m={m}: {e} vs peak {peak}");
         }
     }
 }

@@ -1,0 +1,182 @@
+//! `moshi-rs lm …`: the Moshi language model on its own (benchmark, checkpoint check).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use clap::Subcommand;
+use moshi_engine::lm::random::random_weights;
+use moshi_engine::lm::{check_checkpoint, GenConfig, LmConfig, LmModel};
+use moshi_engine::nn::transformer::TransformerState;
+
+use crate::model::{DeviceArg, DtypeArg};
+
+#[derive(Debug, Subcommand)]
+pub enum LmCommand {
+    /// Time streaming steps of a full-width LM with random weights and fewer temporal layers;
+    /// prints JSON (medians in ms): the whole step, each temporal layer, each depformer step.
+    Bench {
+        /// Temporal transformer layers (the 7B has 32; every layer costs the same).
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        /// Depformer layers (the 7B has 6).
+        #[arg(long, default_value_t = 6)]
+        depformer_layers: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// An LM config JSON (Kyutai's field names); the 7B's when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
+    /// Check an LM checkpoint's names and shapes against a config from its header alone.
+    Check {
+        /// safetensors file(s) of the LM.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
+    match cmd {
+        LmCommand::Check { files, config } => {
+            let cfg = match config {
+                Some(p) => LmConfig::from_json_file(&p)?,
+                None => LmConfig::default(),
+            };
+            let mut header = Vec::new();
+            for f in &files {
+                header.extend(moshi_engine::weights::read_header(f)?.into_iter().map(|(n, s, _)| (n, s)));
+            }
+            let (layout, unused) = check_checkpoint(&cfg, &header)?;
+            println!("{layout:?} layout: all {} tensors present with the expected shapes", layout.tensors(&cfg).len());
+            if !unused.is_empty() {
+                println!("{} tensors not used by the LM: {}", unused.len(), unused.join(", "));
+            }
+            Ok(())
+        }
+        LmCommand::Bench { layers, depformer_layers, steps, warmup, batch, config, device, dtype } => {
+            let mut cfg = match config {
+                Some(p) => LmConfig::from_json_file(&p)?,
+                None => LmConfig::default(),
+            };
+            cfg.num_layers = layers;
+            cfg.depformer_num_layers = depformer_layers;
+            let args = crate::model::ModelArgs { model: String::new(), config: None, device, dtype };
+            let (dev, dt) = (args.device()?, args.dtype());
+            bench(&cfg, batch, steps, warmup, &dev, dt)
+        }
+    }
+}
+
+fn sync(dev: &Device) -> anyhow::Result<()> {
+    dev.synchronize().context("device synchronize")
+}
+
+fn bench(cfg: &LmConfig, batch: usize, steps: usize, warmup: usize, dev: &Device, dtype: candle_core::DType) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let weights = random_weights(cfg, dtype, dev)?;
+    let params: usize = weights.values().map(|t| t.elem_count()).sum();
+    let model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
+    eprintln!("random full-width LM: {params} parameters ({} temporal layers) in {:.1} s", cfg.num_layers, t0.elapsed().as_secs_f64());
+
+    // The whole step, as a conversation runs it (default sampling).
+    let user = vec![5i64; batch * cfg.user_streams()];
+    let mut st = model.new_state(batch, GenConfig::default(), 1)?;
+    let mut step_ms = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        model.step(&mut st, &user)?;
+        sync(dev)?;
+        if i >= warmup {
+            step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // The breakdown: each temporal layer (timed between layer outputs), the heads, each
+    // depformer step (projection, transformer, head).
+    let nl = cfg.num_layers;
+    let (mut layer_ms, mut dep_ms) = (vec![Vec::new(); nl], vec![Vec::new(); cfg.dep_q]);
+    let mut embed_head_ms = Vec::new();
+    let mut state = TransformerState::default();
+    let tokens = Tensor::from_vec(vec![1i64; batch * cfg.num_streams()], (batch, cfg.num_streams(), 1), dev)?;
+    for i in 0..warmup + steps {
+        let keep = i >= warmup;
+        sync(dev)?;
+        let start = Instant::now();
+        let mut last = start;
+        let mut marks = Vec::with_capacity(nl);
+        let out = model.temporal().step(&tokens, &mut state, &mut |_, x| {
+            if !matches!(x.device(), Device::Cpu) {
+                x.device().synchronize()?;
+            }
+            let now = Instant::now();
+            marks.push(now.duration_since(last).as_secs_f64() * 1e3);
+            last = now;
+            Ok(())
+        })?;
+        sync(dev)?;
+        let total = start.elapsed().as_secs_f64() * 1e3;
+        if keep {
+            let layers: f64 = marks.iter().sum();
+            for (l, m) in marks.into_iter().enumerate() {
+                layer_ms[l].push(m);
+            }
+            embed_head_ms.push(total - layers);
+        }
+        let mut ds = TransformerState::default();
+        let prev = Tensor::from_vec(vec![1i64; batch], (batch, 1), dev)?;
+        for (k, times) in dep_ms.iter_mut().enumerate() {
+            let t = Instant::now();
+            let l = model.depformer().step(k, &out.out, &prev, &mut ds)?;
+            let _ = l.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if keep {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let layer_med: Vec<f64> = layer_ms.iter_mut().map(|v| round3(median(v))).collect();
+    let dep_med: Vec<f64> = dep_ms.iter_mut().map(|v| round3(median(v))).collect();
+    let res = serde_json::json!({
+        "step_ms_median": round3(median(&mut step_ms)),
+        "temporal_layer_ms_median": layer_med,
+        "temporal_embed_and_heads_ms_median": round3(median(&mut embed_head_ms)),
+        "depformer_step_ms_median": dep_med,
+        "depformer_total_ms": round3(dep_med.iter().sum()),
+        "temporal_layers": nl,
+        "depformer_layers": cfg.depformer_num_layers,
+        "dim": cfg.dim,
+        "depformer_dim": cfg.depformer_dim,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "dtype": format!("{dtype:?}"),
+        "device": format!("{dev:?}"),
+        "threads": candle_core::utils::get_num_threads(),
+    });
+    println!("{res}");
+    Ok(())
+}
