@@ -101,7 +101,7 @@ fn drain_utf8(pending: &mut Vec<u8>, out: &mut String, end_of_run: bool) {
                     i += 1;
                 }
             },
-            Some(_) if !end_of_run => {}
+            Some(_) if !end_of_run => break,
             _ => {
                 out.push(REPLACEMENT);
                 i += 1;

@@ -132,7 +132,9 @@ impl Tokenizer {
             return Err(err("tokenizer file is empty, expected a SentencePiece .model (protobuf ModelProto)".into()));
         }
         let proto = proto::ModelProto::decode(bytes).map_err(|e| {
-            err(format!("not a SentencePiece model: protobuf decoding failed ({e}); the file is truncated or not a .model file"))
+            err(format!(
+                "not a SentencePiece model: protobuf decoding failed ({e}); the file is truncated or not a .model file"
+            ))
         })?;
         if proto.pieces.is_empty() {
             return Err(err("not a SentencePiece model: it holds no vocabulary pieces".into()));
@@ -150,8 +152,9 @@ impl Tokenizer {
                 return Err(err(format!("invalid SentencePiece model: piece {id} is empty")));
             }
             let raw_kind = p.kind.unwrap_or(1);
-            let kind = PieceKind::from_proto(raw_kind)
-                .ok_or_else(|| err(format!("invalid SentencePiece model: piece {id} ({text:?}) has unknown type {raw_kind}")))?;
+            let kind = PieceKind::from_proto(raw_kind).ok_or_else(|| {
+                err(format!("invalid SentencePiece model: piece {id} ({text:?}) has unknown type {raw_kind}"))
+            })?;
             if !seen.insert(text) {
                 return Err(err(format!("invalid SentencePiece model: piece {text:?} (id {id}) is defined twice")));
             }
@@ -159,7 +162,9 @@ impl Tokenizer {
                 PieceKind::Control => Render::Nothing,
                 PieceKind::Unknown => {
                     if let Some(first) = unk_id {
-                        return Err(err(format!("invalid SentencePiece model: two unknown pieces (ids {first} and {id})")));
+                        return Err(err(format!(
+                            "invalid SentencePiece model: two unknown pieces (ids {first} and {id})"
+                        )));
                     }
                     unk_id = Some(id);
                     Render::Unknown
@@ -167,10 +172,9 @@ impl Tokenizer {
                 PieceKind::Byte => Render::Byte(parse_byte_piece(text).ok_or_else(|| {
                     err(format!("invalid SentencePiece model: byte piece {id} is {text:?}, expected <0xNN>"))
                 })?),
-                PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused => Render::Text {
-                    text: text.replace('\u{2581}', " "),
-                    leading_space: text.starts_with('\u{2581}'),
-                },
+                PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused => {
+                    Render::Text { text: text.replace('\u{2581}', " "), leading_space: text.starts_with('\u{2581}') }
+                }
             };
             pieces.push(Piece { piece: text.to_owned(), kind, render });
         }
@@ -178,7 +182,8 @@ impl Tokenizer {
             return Err(err("invalid SentencePiece model: no unknown piece (<unk>) is defined".into()));
         }
 
-        let unk_surface = proto.trainer_spec.and_then(|t| t.unk_surface).unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_owned());
+        let unk_surface =
+            proto.trainer_spec.and_then(|t| t.unk_surface).unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_owned());
         let spec = proto.normalizer_spec.unwrap_or_default();
         let add_dummy_prefix = spec.add_dummy_prefix.unwrap_or(true);
         let remove_extra_whitespaces = spec.remove_extra_whitespaces.unwrap_or(true);
