@@ -67,13 +67,50 @@ fn dot<W: WeightElem>(a: &[f32], b: &[W]) -> f32 {
     s
 }
 
+/// Four dot products of `a` with four weight rows at once: each chunk of `a` is loaded once for
+/// four rows, and four weight streams are in flight (more memory-level parallelism than one).
+#[inline(always)]
+fn dot4<W: WeightElem>(a: &[f32], w: [&[W]; 4]) -> [f32; 4] {
+    let mut acc = [[0f32; 8]; 4];
+    let ca = a.chunks_exact(8);
+    let tail = ca.remainder().len();
+    let cw = w.map(|r| r.chunks_exact(8));
+    let [c0, c1, c2, c3] = cw;
+    for ((((x, y0), y1), y2), y3) in ca.zip(c0).zip(c1).zip(c2).zip(c3) {
+        for l in 0..8 {
+            acc[0][l] += x[l] * y0[l].widen();
+            acc[1][l] += x[l] * y1[l].widen();
+            acc[2][l] += x[l] * y2[l].widen();
+            acc[3][l] += x[l] * y3[l].widen();
+        }
+    }
+    let mut out = [0f32; 4];
+    let n = a.len() - tail;
+    for j in 0..4 {
+        out[j] = acc[j].iter().sum::<f32>() + a[n..].iter().zip(&w[j][n..]).map(|(x, y)| x * y.widen()).sum::<f32>();
+    }
+    out
+}
+
 /// Output rows `row0 ..` of xWᵀ, transposed: `chunk` is [rows, m].
 #[inline(always)]
 fn rows_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usize, chunk: &mut [f32]) {
-    for (r, outs) in chunk.chunks_mut(m).enumerate() {
-        let wr = &w[(row0 + r) * k..(row0 + r + 1) * k];
-        for (i, o) in outs.iter_mut().enumerate() {
-            *o = dot(&x[i * k..(i + 1) * k], wr);
+    let rows = chunk.len() / m;
+    let wr = |r: usize| &w[(row0 + r) * k..(row0 + r + 1) * k];
+    let mut r = 0;
+    while r + 4 <= rows {
+        let ws = [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)];
+        for i in 0..m {
+            let d = dot4(&x[i * k..(i + 1) * k], ws);
+            for (j, v) in d.into_iter().enumerate() {
+                chunk[(r + j) * m + i] = v;
+            }
+        }
+        r += 4;
+    }
+    for r in r..rows {
+        for i in 0..m {
+            chunk[r * m + i] = dot(&x[i * k..(i + 1) * k], wr(r));
         }
     }
 }
