@@ -70,3 +70,16 @@ fn bad_inputs_fail_cleanly() {
     let hello = repo().join("assets/hello.wav");
     assert_clean_failure(&["codec", "roundtrip", hello.to_str().unwrap(), o, "--model", "/nonexistent"], "/nonexistent");
 }
+
+#[test]
+fn lm_check_reports_the_layout_or_names_the_problem() {
+    let lm = repo().join("golden/lm_tiny");
+    let (weights, config) = (lm.join("model.safetensors"), lm.join("config.json"));
+    let out = run(&["lm", "check", weights.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PyTorch layout: all 95 tensors"));
+    // The tiny file against the 7B config: the first tensor is named with both shapes.
+    assert_clean_failure(&["lm", "check", weights.to_str().unwrap()], "depformer.layers.0.gating.0.linear_in.weight` has shape [176, 32], expected [5632, 1024]");
+    let mimi = repo().join("golden/mimi_tiny/model.safetensors");
+    assert_clean_failure(&["lm", "check", mimi.to_str().unwrap()], "looks like a Mimi checkpoint");
+}
