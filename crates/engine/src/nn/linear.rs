@@ -31,10 +31,14 @@ impl Linear {
 /// A weight element the kernel widens to f32 as it streams (bf16 widening is a 16-bit shift,
 /// so bf16 weights halve the bytes read at the same arithmetic).
 trait WeightElem: Copy + Send + Sync {
+    /// Whether to read four weight rows per pass (`dot4`): a gain for f32 (≈ 52 → 39 ms per
+    /// full-width temporal layer) but a loss for bf16 (≈ 94 → 135 ms), measured with `lm bench`.
+    const FOUR_ROWS: bool;
     fn widen(self) -> f32;
 }
 
 impl WeightElem for f32 {
+    const FOUR_ROWS: bool = true;
     #[inline(always)]
     fn widen(self) -> f32 {
         self
@@ -42,6 +46,7 @@ impl WeightElem for f32 {
 }
 
 impl WeightElem for half::bf16 {
+    const FOUR_ROWS: bool = false;
     #[inline(always)]
     fn widen(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
@@ -98,7 +103,7 @@ fn rows_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usi
     let rows = chunk.len() / m;
     let wr = |r: usize| &w[(row0 + r) * k..(row0 + r + 1) * k];
     let mut r = 0;
-    while r + 4 <= rows {
+    while W::FOUR_ROWS && r + 4 <= rows {
         let ws = [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)];
         for i in 0..m {
             let d = dot4(&x[i * k..(i + 1) * k], ws);
