@@ -20,12 +20,51 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor) -> candle_core::Result<Self> {
-        Ok(Self { weight: weight.contiguous()? })
+        let weight = weight.contiguous()?;
+        let weight = match weight.dtype() {
+            DType::F32 => huge_page_copy::<f32>(&weight)?,
+            DType::BF16 => huge_page_copy::<half::bf16>(&weight)?,
+            _ => weight,
+        };
+        Ok(Self { weight })
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+}
+
+/// Weights of at least this many bytes are copied into memory the kernel is asked to back with
+/// huge pages (see `huge_page_copy`).
+const HUGE_PAGE_MIN_BYTES: usize = 8 << 20;
+
+/// A CPU weight re-allocated with `madvise(MADV_HUGEPAGE)` before its pages are first touched,
+/// so that streaming it costs one TLB entry per 2 MiB instead of per 4 KiB (the machines here run
+/// transparent huge pages in `madvise` mode). Other devices, small tensors, non-Linux: unchanged.
+/// `MOSHI_NO_HUGE_PAGES=1` turns it off (for A/B measurements).
+fn huge_page_copy<T: candle_core::WithDType>(w: &Tensor) -> candle_core::Result<Tensor> {
+    let bytes = w.elem_count() * std::mem::size_of::<T>();
+    if !cfg!(target_os = "linux") || !w.device().is_cpu() || bytes < HUGE_PAGE_MIN_BYTES
+        || std::env::var_os("MOSHI_NO_HUGE_PAGES").is_some()
+    {
+        return Ok(w.clone());
+    }
+    let src = w.flatten_all()?.to_vec1::<T>()?;
+    let mut v: Vec<T> = Vec::with_capacity(src.len());
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let aligned = start.div_ceil(HUGE) * HUGE;
+        let end = (start + bytes) / HUGE * HUGE;
+        if end > aligned {
+            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE is only advice and
+            // changes no contents.
+            unsafe { libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v.extend_from_slice(&src);
+    Tensor::from_vec(v, w.shape(), w.device())
 }
 
 /// A weight element the kernel widens to f32 as it streams (bf16 widening is a 16-bit shift,
