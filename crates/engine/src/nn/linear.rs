@@ -70,8 +70,10 @@ fn huge_page_copy<T: candle_core::WithDType>(w: &Tensor) -> candle_core::Result<
 /// A weight element the kernel widens to f32 as it streams (bf16 widening is a 16-bit shift,
 /// so bf16 weights halve the bytes read at the same arithmetic).
 trait WeightElem: Copy + Send + Sync {
-    /// Whether to read four weight rows per pass (`dot4`): a gain for f32 (≈ 52 → 39 ms per
-    /// full-width temporal layer) but a loss for bf16 (≈ 94 → 135 ms), measured with `lm bench`.
+    /// Whether to read four weight rows per pass (`dot4`) when there is one input row: a gain
+    /// for f32 (≈ 52 → 39 ms per full-width temporal layer, `lm bench`) but a loss for bf16
+    /// (≈ 94 → 135 ms). With two rows (Mimi's streaming frame) it cost f32 too (≈ 93 → 125 ms
+    /// per frame, `codec bench`), so it is used for one row only.
     const FOUR_ROWS: bool;
     fn widen(self) -> f32;
 }
@@ -142,7 +144,7 @@ fn rows_generic<W: WeightElem>(x: &[f32], w: &[W], m: usize, k: usize, row0: usi
     let rows = chunk.len() / m;
     let wr = |r: usize| &w[(row0 + r) * k..(row0 + r + 1) * k];
     let mut r = 0;
-    while W::FOUR_ROWS && r + 4 <= rows {
+    while W::FOUR_ROWS && m == 1 && r + 4 <= rows {
         let ws = [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)];
         for i in 0..m {
             let d = dot4(&x[i * k..(i + 1) * k], ws);
