@@ -4,6 +4,8 @@
 mod codec;
 mod lm;
 mod model;
+mod run;
+mod sources;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Audio file in → Moshi's spoken reply out (wav), transcript on stdout, JSON summary.
+    Run(run::RunArgs),
     /// The Mimi codec: audio ⇄ codes.
     Codec {
         #[command(subcommand)]
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),
     }

@@ -1,0 +1,160 @@
+//! A whole Moshi: Mimi + the LM + the text tokenizer, and one conversation stepped frame by frame
+//! as a live exchange runs: 80 ms of the user's audio in → Mimi encode → LM step → Mimi decode of
+//! the model's codes → 80 ms of Moshi's voice and (maybe) a text token out.
+//!
+//! The weights (`Moshi`) are shared; a `Conversation` holds one exchange's state (Mimi encoder and
+//! decoder states, the LM's `LmGenState`). As in the reference's offline pipeline
+//! (`run_inference.py`), the first frame's codes can be given to the LM twice: the LM never reads
+//! the user codes of its first step, so this makes the first frame count.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::lm::{GenConfig, LmGenState, LmModel};
+use crate::mimi::{DecoderState, EncoderState, Mimi};
+use crate::text::Tokenizer;
+
+/// Mimi, the LM and the tokenizer, checked to fit together.
+#[derive(Debug, Clone)]
+pub struct Moshi {
+    pub mimi: Mimi,
+    pub lm: LmModel,
+    pub tokenizer: Tokenizer,
+}
+
+/// Milliseconds spent per stage on one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageTimes {
+    pub encode_ms: f64,
+    pub lm_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl StageTimes {
+    pub fn total_ms(&self) -> f64 {
+        self.encode_ms + self.lm_ms + self.decode_ms
+    }
+}
+
+/// What one frame of conversation produced (batch 1).
+#[derive(Debug, Clone)]
+pub struct FrameOut {
+    /// The user's codes of this frame ([n_codebooks]).
+    pub user_codes: Vec<i64>,
+    /// Moshi's voice for this frame (one Mimi frame of samples), once the delays are filled.
+    pub pcm: Option<Vec<f32>>,
+    /// The text token aligned with `pcm` (pad and end-of-padding included).
+    pub text: Option<u32>,
+    /// All aligned tokens [text, audio codebooks…], once the delays are filled.
+    pub tokens: Option<Vec<i64>>,
+    pub times: StageTimes,
+}
+
+/// One exchange's state.
+pub struct Conversation {
+    enc: EncoderState,
+    dec: DecoderState,
+    lm: LmGenState,
+    frames: usize,
+    repeat_first_frame: bool,
+}
+
+impl Conversation {
+    /// Frames consumed so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// LM steps taken so far (one more than `frames` when the first frame was given twice).
+    pub fn lm_steps(&self) -> usize {
+        self.lm.step_index()
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Moshi {
+    /// Put the parts together, checking that the LM's streams match Mimi's codebooks and the
+    /// tokenizer covers the LM's text vocabulary.
+    pub fn new(mimi: Mimi, lm: LmModel, tokenizer: Tokenizer) -> Result<Self> {
+        let (c, m) = (lm.config(), mimi.config());
+        let bad = |msg: String| Err(EngineError::InvalidInput(format!("the LM does not fit this Mimi: {msg}")));
+        if c.card != m.quantizer.bins {
+            return bad(format!("LM audio cardinality {} vs Mimi codebooks of {} entries", c.card, m.quantizer.bins));
+        }
+        if c.dep_q != mimi.num_codebooks() || c.user_streams() != mimi.num_codebooks() {
+            return bad(format!(
+                "LM generates {} and reads {} user codebooks, Mimi uses {}",
+                c.dep_q,
+                c.user_streams(),
+                mimi.num_codebooks()
+            ));
+        }
+        if tokenizer.vocab_size() < c.text_card {
+            return Err(EngineError::InvalidInput(format!(
+                "the tokenizer has {} pieces, the LM's text vocabulary {}",
+                tokenizer.vocab_size(),
+                c.text_card
+            )));
+        }
+        Ok(Self { mimi, lm, tokenizer })
+    }
+
+    /// Samples per frame (1920 at 24 kHz).
+    pub fn frame_size(&self) -> usize {
+        self.mimi.frame_size()
+    }
+
+    /// A new exchange (batch 1). `repeat_first_frame`: give the first frame's codes to the LM
+    /// twice, as the reference's offline pipeline does.
+    pub fn conversation(&self, cfg: GenConfig, seed: u64, repeat_first_frame: bool) -> Result<Conversation> {
+        Ok(Conversation {
+            enc: EncoderState::default(),
+            dec: DecoderState::default(),
+            lm: self.lm.new_state(1, cfg, seed)?,
+            frames: 0,
+            repeat_first_frame,
+        })
+    }
+
+    /// One frame of the user's audio (exactly `frame_size` samples at 24 kHz).
+    pub fn step(&self, conv: &mut Conversation, pcm: &[f32]) -> Result<FrameOut> {
+        let n = self.frame_size();
+        if pcm.len() != n {
+            return Err(EngineError::InvalidInput(format!("a frame has {n} samples, {} given", pcm.len())));
+        }
+        let device = self.mimi.device();
+        let t = Instant::now();
+        let x = Tensor::from_slice(pcm, (1, 1, n), device)?.to_dtype(self.mimi.dtype())?;
+        let codes = self.mimi.encode_step(&x, &mut conv.enc)?;
+        let user_codes: Vec<i64> = codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+        let encode_ms = ms(t);
+
+        let t = Instant::now();
+        if conv.frames == 0 && conv.repeat_first_frame {
+            // The reference discards what this first call returns.
+            self.lm.step(&mut conv.lm, &user_codes)?;
+        }
+        let out = self.lm.step(&mut conv.lm, &user_codes)?;
+        let lm_ms = ms(t);
+
+        let t = Instant::now();
+        let (pcm, text) = match &out.tokens {
+            Some(tokens) => {
+                let k = self.lm.config().dep_q;
+                let audio = Tensor::from_slice(&tokens[1..1 + k], (1, k, 1), device)?;
+                let y = self.mimi.decode_step(&audio, &mut conv.dec)?;
+                let y: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                (Some(y), Some(tokens[0] as u32))
+            }
+            None => (None, None),
+        };
+        let decode_ms = ms(t);
+        conv.frames += 1;
+        Ok(FrameOut { user_codes, pcm, text, tokens: out.tokens, times: StageTimes { encode_ms, lm_ms, decode_ms } })
+    }
+}
