@@ -83,3 +83,62 @@ fn lm_check_reports_the_layout_or_names_the_problem() {
     let mimi = repo().join("golden/mimi_tiny/model.safetensors");
     assert_clean_failure(&["lm", "check", mimi.to_str().unwrap()], "looks like a Mimi checkpoint");
 }
+
+fn summary(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The README's first command: `run` on the embedded tiny Moshi. Same seed → byte-identical
+/// reply (same SHA-256 in the summary, same wav bytes); another seed → another reply.
+#[test]
+fn run_is_deterministic_for_a_seed_and_writes_reply_and_summary() {
+    let input = repo().join("assets/hello.wav");
+    let go = |name: &str, seed: &str| {
+        let out = tmp(name);
+        let o = run(&["run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--model", "tiny", "--seed", seed]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (out.clone(), summary(&out.with_extension("json")), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let (a, sa, ta) = go("reply_a.wav", "3");
+    let (b, sb, tb) = go("reply_b.wav", "3");
+    let (_, sc, _) = go("reply_c.wav", "4");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(sa["output_pcm_sha256"], sb["output_pcm_sha256"]);
+    assert_ne!(sa["output_pcm_sha256"], sc["output_pcm_sha256"]);
+    assert_eq!(ta, tb);
+    assert_eq!(sa["transcript"].as_str().unwrap().trim(), ta.trim());
+    // 16 kHz input of N samples → ceil(1.5 N / 1920) frames, then 2 s of silence (25 frames).
+    let n = hound::WavReader::open(&input).unwrap().len() as usize;
+    let frames = (n * 3).div_ceil(2).div_ceil(1920);
+    assert_eq!(sa["input_frames"].as_u64().unwrap() as usize, frames);
+    assert_eq!(sa["frames"].as_u64().unwrap() as usize, frames + 25);
+    assert_eq!(wav_samples(&a).len(), (frames + 25) * 1920);
+    assert_eq!(sa["lm_steps"].as_u64().unwrap() as usize, frames + 26, "the first frame is given twice");
+}
+
+#[test]
+fn run_rejects_bad_inputs_cleanly() {
+    let empty = tmp("run_empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let out = tmp("run_out.wav");
+    let o = out.to_str().unwrap();
+    assert_clean_failure(&["run", "--input", empty.to_str().unwrap(), "--output", o, "--model", "tiny"], "run_empty.wav");
+    let hello = repo().join("assets/hello.wav");
+    let h = hello.to_str().unwrap();
+    assert_clean_failure(&["run", "--input", h, "--output", o, "--model", "/nonexistent/folder"], "/nonexistent/folder");
+    // A folder without the model files names the first one missing.
+    let dir = tmp("empty_model_dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_clean_failure(&["run", "--input", h, "--output", o, "--model", dir.to_str().unwrap()], "model.safetensors");
+    // The tiny LM with the real Mimi config: Mimi's weights do not fit.
+    let lm = repo().join("golden/moshi_tiny");
+    let args = [
+        "run", "--input", h, "--output", o,
+        "--lm-weights", lm.join("model.safetensors").to_str().unwrap(),
+        "--config", lm.join("config.json").to_str().unwrap(),
+        "--mimi-weights", repo().join("golden/mimi_tiny/model.safetensors").to_str().unwrap(),
+        "--tokenizer", repo().join("golden/lm_tiny/tokenizer.model").to_str().unwrap(),
+    ].map(|s| s.to_string());
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    assert_clean_failure(&args, "encoder.model.0.conv.conv.weight");
+}
