@@ -18,6 +18,7 @@ pub mod model_files;
 pub mod nn;
 pub mod text;
 pub mod tiny;
+pub mod verify;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -1,0 +1,1 @@
+//! Placeholder: the primitive-op checks (being written).
