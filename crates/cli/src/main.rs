@@ -6,6 +6,7 @@ mod lm;
 mod model;
 mod run;
 mod sources;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,11 @@ enum Command {
         #[command(subcommand)]
         command: codec::CodecCommand,
     },
+    /// Parity checks: reference traces, primitive ops on a device, a model on a device.
+    Verify {
+        #[command(subcommand)]
+        command: verify::VerifyCommand,
+    },
     /// The Moshi language model: benchmark, checkpoint check.
     Lm {
         #[command(subcommand)]
@@ -42,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),
+        Command::Verify { command } => verify::run(command),
     }
 }
 

@@ -142,3 +142,42 @@ fn run_rejects_bad_inputs_cleanly() {
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     assert_clean_failure(&args, "encoder.model.0.conv.conv.weight");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `verify golden` passes on the committed traces, and on a copy whose tiny LM has one weight
+/// matrix off by 0.1% it fails, naming the LM's first stage (Mimi's checks still pass).
+#[test]
+fn verify_golden_passes_and_names_the_first_broken_stage() {
+    let golden = repo().join("golden");
+    let out = run(&["verify", "golden", "--golden", golden.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("all 42 checks passed"), "{table}");
+
+    let broken = tmp("golden_broken");
+    copy_dir(&golden, &broken);
+    let path = broken.join("lm_tiny/model.safetensors");
+    let mut t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let name = "transformer.layers.1.gating.linear_out.weight";
+    let w = (t[name].clone() * 1.001).unwrap();
+    t.insert(name.to_string(), w);
+    candle_core::safetensors::save(&t, &path).unwrap();
+    let out = run(&["verify", "golden", "--golden", broken.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the first is `lm teacher-forced` / `transformer_out`"), "{err}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().filter(|l| l.starts_with("mimi")).all(|l| l.ends_with("ok")), "{table}");
+}
