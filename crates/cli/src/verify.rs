@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Subcommand;
+use moshi_engine::verify::model::{LayerFault, Tolerances};
 use moshi_engine::verify::{first_failure, table, Check};
+
+use crate::model::{DeviceArg, DtypeArg, ModelArgs};
+use crate::sources::MoshiSource;
 
 #[derive(Debug, Subcommand)]
 pub enum VerifyCommand {
@@ -14,6 +18,26 @@ pub enum VerifyCommand {
         /// The golden/ folder (default: ./golden, else the one this binary was built from).
         #[arg(long)]
         golden: Option<PathBuf>,
+    },
+    /// The same input through the model on --device/--dtype and on the CPU in f32: every Mimi
+    /// stage, every temporal layer, the heads, greedy agreement; names the first stage or layer
+    /// whose error leaves its tolerance. Loads the model twice (once on the CPU in f32).
+    Model {
+        #[command(flatten)]
+        source: MoshiSource,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        /// 80 ms frames of the test signal.
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Fault injection, to see the check catch one: scale this temporal layer's output on
+        /// the device side by 1 + --fault-scale.
+        #[arg(long)]
+        inject_fault_layer: Option<usize>,
+        #[arg(long, default_value_t = 1e-2)]
+        fault_scale: f64,
     },
 }
 
@@ -50,6 +74,16 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
         VerifyCommand::Golden { golden } => {
             let dir = golden_dir(golden)?;
             report("verify golden", &moshi_engine::verify::golden::run(&dir)?)
+        }
+        VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale } => {
+            let args = ModelArgs { model: String::new(), config: None, device, dtype };
+            let (dev, dt) = (args.device()?, args.dtype());
+            let reference = source.load(candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            let dut = source.load(dt, &dev)?;
+            eprintln!("model: {}; {dev:?} {dt:?} against CPU F32, {frames} frames", reference.identity);
+            let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
+            let checks = moshi_engine::verify::model::run(&reference.moshi, &dut.moshi, frames, Tolerances::for_dtype(dt), fault)?;
+            report("verify model", &checks)
         }
     }
 }

@@ -181,3 +181,18 @@ fn verify_golden_passes_and_names_the_first_broken_stage() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().filter(|l| l.starts_with("mimi")).all(|l| l.ends_with("ok")), "{table}");
 }
+
+/// `verify model` on the CPU against itself passes with zero error; with a 1% fault injected into
+/// temporal layer 1 on the device side it fails and names that layer first.
+#[test]
+fn verify_model_names_the_faulty_layer() {
+    let ok = run(&["verify", "model", "--model", "tiny", "--frames", "4"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("all 15 checks passed"));
+    let bad = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--inject-fault-layer", "1"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("the first is `lm temporal` / `layer 1`"), "{err}");
+    let bf16 = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--dtype", "bf16"]);
+    assert!(bf16.status.success(), "bf16 within its tolerance: {}", String::from_utf8_lossy(&bf16.stdout));
+}

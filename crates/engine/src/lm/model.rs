@@ -164,16 +164,21 @@ impl LmModel {
     /// audio; −1 = nothing): delays them as the reference's `LMModel.forward` does, runs the
     /// temporal model and every depformer step at every position.
     pub fn forward_teacher(&self, codes: &Tensor) -> Result<TeacherForced> {
-        let (b, k, t) = codes.dims3()?;
+        self.forward_teacher_map(codes, &mut |_, x| Ok(x))
+    }
+
+    /// As `forward_teacher`, with `map(layer, output)` after every temporal layer (to record or
+    /// perturb them: `verify model`).
+    pub fn forward_teacher_map(&self, codes: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<TeacherForced> {
+        let (_, k, t) = codes.dims3()?;
         if k != self.cfg.num_streams() {
             return Err(EngineError::InvalidInput(format!("{k} streams given, the model has {}", self.cfg.num_streams())));
         }
-        let full = self.delay_streams(codes)?; // [B, K, T + 1]
+        let full = self.delay_streams(codes)?.to_device(&self.temporal.device())?; // [B, K, T + 1]
         let delayed_input = full.narrow(2, 0, t)?;
-        let temporal = self.temporal.forward(&delayed_input)?;
+        let temporal = self.temporal.forward_map(&delayed_input, map)?;
         let depformer_tokens = full.narrow(1, 0, self.cfg.dep_q)?.narrow(2, 1, t)?.contiguous()?;
         let depformer_logits = self.depformer.forward_all(&temporal.out, &depformer_tokens)?;
-        let _ = b;
         Ok(TeacherForced { delayed_input, temporal, depformer_tokens, depformer_logits })
     }
 

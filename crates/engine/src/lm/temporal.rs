@@ -113,6 +113,12 @@ impl Temporal {
         self.head(self.transformer.forward(&self.embed(tokens)?)?)
     }
 
+    /// As `forward`, with `map(layer, output)` applied after every temporal layer (see
+    /// `Transformer::forward_map`).
+    pub fn forward_map(&self, tokens: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<TemporalOut> {
+        self.head(self.transformer.forward_map(&self.embed(tokens)?, map)?)
+    }
+
     /// Streaming forward of the next steps `tokens` [B, 1 + n_q, T], continuing `state`;
     /// `inspect` sees every layer's output (see `Transformer::step_inspect`).
     pub fn step(

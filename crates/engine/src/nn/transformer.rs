@@ -198,6 +198,16 @@ impl Transformer {
         self.run(x, &mut TransformerState::default(), None, &mut |_, _| Ok(()))
     }
 
+    /// As `forward`, calling `inspect(layer index, layer output)` after every layer; the
+    /// output it returns replaces the layer's (for fault injection in `verify model`).
+    pub fn forward_map(&self, x: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = map(i, layer.forward(&x, 0, &mut KvCache::default(), None)?)?;
+        }
+        Ok(x)
+    }
+
     /// Streaming forward of the next `T` steps, continuing `state`.
     pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
         self.run(x, state, Some(self.cfg.context), &mut |_, _| Ok(()))

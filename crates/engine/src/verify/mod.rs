@@ -7,6 +7,7 @@
 //! names the op, stage or layer where things go wrong.
 
 pub mod golden;
+pub mod model;
 pub mod ops;
 
 use candle_core::{DType, Tensor};

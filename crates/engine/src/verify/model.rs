@@ -1,0 +1,135 @@
+//! `verify model`: the same input through a model on the device under test and on the CPU in f32,
+//! stage by stage and layer by layer, so that the first stage or layer whose error leaves its
+//! tolerance is named. Mimi: encode stages from a deterministic test signal, decode stages from
+//! the CPU's codes (so a flipped code cannot hide a decoder error). LM: teacher-forced on the CPU's
+//! codes (model and user streams) and deterministic text tokens: every temporal layer, `out_norm`,
+//! text logits, depformer logits, and how often the greedy choices agree.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::Check;
+use crate::conversation::Moshi;
+use crate::error::Result;
+
+/// A deliberate fault on the device side: temporal layer `layer`'s output scaled by `1 + scale`.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerFault {
+    pub layer: usize,
+    pub scale: f64,
+}
+
+/// Tolerances of a device run against the CPU in f32, relative to each tensor's peak.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerances {
+    pub rel: f64,
+    /// Minimum fraction of greedy choices (codes, argmax tokens) that must agree.
+    pub agreement: f64,
+}
+
+impl Tolerances {
+    /// f32 on another backend: summation order and fused kernels differ (≈ 1e-6 relative per
+    /// layer); 1e-4 leaves room for deep models while a wrong op is off by ≥ 1e-3.
+    /// bf16: 8-bit mantissa, 2⁻⁹ relative rounding per value, compounded over the layers.
+    pub fn for_dtype(dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => Self { rel: 1e-4, agreement: 0.99 },
+            _ => Self { rel: 5e-2, agreement: 0.9 },
+        }
+    }
+}
+
+/// A deterministic test signal: three partials with a slow glide and a little noise, peak ≈ 0.4.
+pub fn test_signal(samples: usize) -> Vec<f32> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..samples)
+        .map(|i| {
+            let t = i as f64 / 24_000.0;
+            let f = 140.0 + 60.0 * (t * 1.3).sin();
+            let s = 0.2 * (2.0 * std::f64::consts::PI * f * t).sin() + 0.1 * (4.0 * std::f64::consts::PI * f * t).sin()
+                + 0.05 * (6.0 * std::f64::consts::PI * f * t).sin();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (s + 0.01 * ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5)) as f32
+        })
+        .collect()
+}
+
+fn agreement(group: &str, name: &str, ours: &Tensor, reference: &Tensor, min: f64) -> Result<Check> {
+    let mut c = Check::codes(group, name, ours, reference)?;
+    c.tol = 1.0 - min;
+    c.ok = c.max_rel <= c.tol;
+    Ok(c)
+}
+
+fn argmax(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.argmax(candle_core::D::Minus1)?)
+}
+
+/// Compare `dut` (the device under test) with `reference` (the same weights on the CPU, f32)
+/// over `frames` frames.
+pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault: Option<LayerFault>) -> Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let n = reference.frame_size();
+    let signal = test_signal(frames * n);
+    let cpu = Device::Cpu;
+    let x_ref = Tensor::from_slice(&signal, (1, 1, frames * n), &cpu)?;
+    let x_dut = x_ref.to_device(dut.mimi.device())?;
+
+    let g = "mimi encode";
+    let (er, ed) = (reference.mimi.encode_stages(&x_ref)?, dut.mimi.encode_stages(&x_dut)?);
+    for (name, a, b) in [
+        ("seanet_latent", &ed.seanet_latent, &er.seanet_latent),
+        ("transformer_out", &ed.transformer_out, &er.transformer_out),
+        ("downsampled", &ed.downsampled, &er.downsampled),
+    ] {
+        out.push(Check::float_rel(g, name, &a.to_device(&cpu)?, b, tol.rel)?);
+    }
+    out.push(agreement(g, "codes (agreement)", &ed.codes.to_device(&cpu)?, &er.codes, tol.agreement)?);
+    let codes = er.codes.to_dtype(DType::I64)?; // [1, K, T]
+    let g = "mimi decode";
+    let (dr, dd) = (reference.mimi.decode_stages(&codes)?, dut.mimi.decode_stages(&codes.to_device(dut.mimi.device())?)?);
+    for (name, a, b) in [
+        ("quantized", &dd.quantized, &dr.quantized),
+        ("upsampled", &dd.upsampled, &dr.upsampled),
+        ("decoder_transformer_out", &dd.decoder_transformer_out, &dr.decoder_transformer_out),
+        ("pcm", &dd.pcm, &dr.pcm),
+    ] {
+        out.push(Check::float_rel(g, name, &a.to_device(&cpu)?, b, tol.rel)?);
+    }
+
+    // The LM, teacher-forced: text tokens pseudo-random, both audio sides the CPU's codes.
+    let cfg = reference.lm.config();
+    let t = codes.dim(2)?;
+    let k = codes.dim(1)?;
+    let text: Vec<i64> = (0..t as i64).map(|i| (i * 7919 + 13) % cfg.text_card as i64).collect();
+    let text = Tensor::from_vec(text, (1, 1, t), &cpu)?;
+    let model_audio = codes.narrow(1, 0, cfg.dep_q.min(k))?;
+    let user_audio = codes.narrow(1, 0, cfg.user_streams().min(k))?;
+    let lm_codes = Tensor::cat(&[&text, &model_audio, &user_audio], 1)?;
+    let mut ref_layers = Vec::new();
+    let tr = reference.lm.forward_teacher_map(&lm_codes, &mut |_, x| {
+        ref_layers.push(x.clone());
+        Ok(x)
+    })?;
+    let mut dut_layers = Vec::new();
+    let td = dut.lm.forward_teacher_map(&lm_codes.to_device(&dut.lm.temporal().device())?, &mut |i, x| {
+        let x = match fault {
+            Some(f) if f.layer == i => (x * (1.0 + f.scale))?,
+            _ => x,
+        };
+        dut_layers.push(x.clone());
+        Ok(x)
+    })?;
+    let g = "lm temporal";
+    for (i, (a, b)) in dut_layers.iter().zip(&ref_layers).enumerate() {
+        out.push(Check::float_rel(g, &format!("layer {i}"), &a.to_device(&cpu)?, b, tol.rel)?);
+    }
+    out.push(Check::float_rel(g, "out_norm", &td.temporal.out.to_device(&cpu)?, &tr.temporal.out, tol.rel)?);
+    out.push(Check::float_rel(g, "text_logits", &td.temporal.text_logits.to_device(&cpu)?, &tr.temporal.text_logits, tol.rel)?);
+    out.push(agreement(g, "greedy text (agreement)", &argmax(&td.temporal.text_logits)?, &argmax(&tr.temporal.text_logits)?, tol.agreement)?);
+    let g = "lm depformer";
+    out.push(Check::float_rel(g, "logits", &td.depformer_logits.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
+    out.push(agreement(g, "greedy audio (agreement)", &argmax(&td.depformer_logits)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
+    Ok(out)
+}
