@@ -1,6 +1,7 @@
 //! `moshi-rs`: the command line over the moshi-engine library. Thin by design: argument parsing,
 //! model resolution and printing live here; everything numerical lives in the engine.
 
+mod bench;
 mod codec;
 mod lm;
 mod model;
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Audio file in → Moshi's spoken reply out (wav), transcript on stdout, JSON summary.
     Run(run::RunArgs),
+    /// Time a whole Moshi frame by frame (B conversations batched): per-stage medians, p90, p99,
+    /// real-time factor, a plot of frame times; JSON on the last line.
+    Bench(bench::BenchArgs),
     /// The Mimi codec: audio ⇄ codes.
     Codec {
         #[command(subcommand)]
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),
         Command::Verify { command } => verify::run(command),

@@ -116,7 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(pcm) = out.pcm {
             pcm_out.extend(pcm);
         }
-        if let Some(piece) = out.text.and_then(|t| transcript.push(t)) {
+        if let Some(piece) = out.text.and_then(|t| transcript.push(t[0])) {
             text.push_str(&piece);
             bar.suspend(|| {
                 print!("{piece}");

@@ -196,3 +196,21 @@ fn verify_model_names_the_faulty_layer() {
     let bf16 = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--dtype", "bf16"]);
     assert!(bf16.status.success(), "bf16 within its tolerance: {}", String::from_utf8_lossy(&bf16.stdout));
 }
+
+/// `bench` on the tiny Moshi, batch 2: the JSON line has every stage's percentiles and the
+/// real-time factor; the plot is drawn.
+#[test]
+fn bench_reports_stages_and_real_time_factor() {
+    let out = run(&["bench", "--model", "tiny", "--frames", "12", "--warmup", "1", "--batch", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for stage in ["encode_ms", "lm_ms", "decode_ms", "total_ms"] {
+        let s = &json[stage];
+        let (m, p90, p99) = (s["median"].as_f64().unwrap(), s["p90"].as_f64().unwrap(), s["p99"].as_f64().unwrap());
+        assert!(m > 0.0 && m <= p90 && p90 <= p99, "{stage}: {s}");
+    }
+    assert_eq!(json["batch"], 2);
+    assert!(json["real_time_factor"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("80.0 ms -"), "the real-time budget line: {stdout}");
+}

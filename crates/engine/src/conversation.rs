@@ -38,22 +38,23 @@ impl StageTimes {
     }
 }
 
-/// What one frame of conversation produced (batch 1).
+/// What one frame of conversation produced, for B rows (row-major).
 #[derive(Debug, Clone)]
 pub struct FrameOut {
-    /// The user's codes of this frame ([n_codebooks]).
+    /// The user's codes of this frame ([B, n_codebooks]).
     pub user_codes: Vec<i64>,
-    /// Moshi's voice for this frame (one Mimi frame of samples), once the delays are filled.
+    /// Moshi's voice for this frame ([B, frame samples]), once the delays are filled.
     pub pcm: Option<Vec<f32>>,
-    /// The text token aligned with `pcm` (pad and end-of-padding included).
-    pub text: Option<u32>,
-    /// All aligned tokens [text, audio codebooks…], once the delays are filled.
+    /// The text tokens aligned with `pcm` ([B]; pad and end-of-padding included).
+    pub text: Option<Vec<u32>>,
+    /// All aligned tokens ([B, 1 + dep_q]: text, audio codebooks…), once the delays are filled.
     pub tokens: Option<Vec<i64>>,
     pub times: StageTimes,
 }
 
-/// One exchange's state.
+/// One exchange's state (B rows stepped together: a batch of independent conversations).
 pub struct Conversation {
+    batch: usize,
     enc: EncoderState,
     dec: DecoderState,
     lm: LmGenState,
@@ -112,24 +113,33 @@ impl Moshi {
     /// A new exchange (batch 1). `repeat_first_frame`: give the first frame's codes to the LM
     /// twice, as the reference's offline pipeline does.
     pub fn conversation(&self, cfg: GenConfig, seed: u64, repeat_first_frame: bool) -> Result<Conversation> {
+        self.conversations(1, cfg, seed, repeat_first_frame)
+    }
+
+    /// `batch` exchanges stepped together (each frame: [B, frame samples] in, B replies out).
+    pub fn conversations(&self, batch: usize, cfg: GenConfig, seed: u64, repeat_first_frame: bool) -> Result<Conversation> {
+        if batch == 0 {
+            return Err(EngineError::InvalidInput("a batch of 0 conversations".into()));
+        }
         Ok(Conversation {
+            batch,
             enc: EncoderState::default(),
             dec: DecoderState::default(),
-            lm: self.lm.new_state(1, cfg, seed)?,
+            lm: self.lm.new_state(batch, cfg, seed)?,
             frames: 0,
             repeat_first_frame,
         })
     }
 
-    /// One frame of the user's audio (exactly `frame_size` samples at 24 kHz).
+    /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).
     pub fn step(&self, conv: &mut Conversation, pcm: &[f32]) -> Result<FrameOut> {
-        let n = self.frame_size();
-        if pcm.len() != n {
-            return Err(EngineError::InvalidInput(format!("a frame has {n} samples, {} given", pcm.len())));
+        let (n, b) = (self.frame_size(), conv.batch);
+        if pcm.len() != b * n {
+            return Err(EngineError::InvalidInput(format!("a frame has {b} × {n} samples, {} given", pcm.len())));
         }
         let device = self.mimi.device();
         let t = Instant::now();
-        let x = Tensor::from_slice(pcm, (1, 1, n), device)?.to_dtype(self.mimi.dtype())?;
+        let x = Tensor::from_slice(pcm, (b, 1, n), device)?.to_dtype(self.mimi.dtype())?;
         let codes = self.mimi.encode_step(&x, &mut conv.enc)?;
         let user_codes: Vec<i64> = codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
         let encode_ms = ms(t);
@@ -146,10 +156,12 @@ impl Moshi {
         let (pcm, text) = match &out.tokens {
             Some(tokens) => {
                 let k = self.lm.config().dep_q;
-                let audio = Tensor::from_slice(&tokens[1..1 + k], (1, k, 1), device)?;
+                let rows: Vec<&[i64]> = tokens.chunks(1 + k).collect();
+                let audio: Vec<i64> = rows.iter().flat_map(|r| r[1..].iter().copied()).collect();
+                let audio = Tensor::from_vec(audio, (b, k, 1), device)?;
                 let y = self.mimi.decode_step(&audio, &mut conv.dec)?;
                 let y: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                (Some(y), Some(tokens[0] as u32))
+                (Some(y), Some(rows.iter().map(|r| r[0] as u32).collect()))
             }
             None => (None, None),
         };

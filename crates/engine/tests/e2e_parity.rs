@@ -35,7 +35,7 @@ fn run(moshi: &Moshi, input: &[f32], cfg: GenConfig, seed: u64) -> Run {
         if let Some(p) = out.pcm {
             r.pcm.extend(p);
         }
-        if let Some(piece) = out.text.and_then(|t| text.push(t)) {
+        if let Some(piece) = out.text.and_then(|t| text.push(t[0])) {
             r.transcript.push_str(&piece);
         }
         r.tokens.push(out.tokens);

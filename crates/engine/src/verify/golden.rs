@@ -148,7 +148,7 @@ fn pipeline(dir: &Path, out: &mut Vec<Check>) -> Result<()> {
         codes.extend(o.user_codes);
         toks.extend(o.tokens.unwrap_or_else(|| vec![-2; 9]));
         pcm.extend(o.pcm.unwrap_or_default());
-        if let Some(p) = o.text.and_then(|t| text.push(t)) {
+        if let Some(p) = o.text.and_then(|t| text.push(t[0])) {
             transcript.push_str(&p);
         }
     }
