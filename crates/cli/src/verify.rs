@@ -19,6 +19,17 @@ pub enum VerifyCommand {
         #[arg(long)]
         golden: Option<PathBuf>,
     },
+    /// Every primitive the engine uses (matmul, linear, conv, transposed conv, activations,
+    /// softmax, norms, RoPE, embedding, argmax, reductions, broadcasting, cat/narrow, dtype
+    /// conversion, in-place KV writes) on --device against the CPU in f32, contiguous and not, in
+    /// f32 and bf16.
+    Ops {
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// Perturb one op's device result (OP, OP:f32 or OP:bf16) to see the check catch it.
+        #[arg(long)]
+        inject_fault: Option<String>,
+    },
     /// The same input through the model on --device/--dtype and on the CPU in f32: every Mimi
     /// stage, every temporal layer, the heads, greedy agreement; names the first stage or layer
     /// whose error leaves its tolerance. Loads the model twice (once on the CPU in f32).
@@ -74,6 +85,12 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
         VerifyCommand::Golden { golden } => {
             let dir = golden_dir(golden)?;
             report("verify golden", &moshi_engine::verify::golden::run(&dir)?)
+        }
+        VerifyCommand::Ops { device, inject_fault } => {
+            let args = ModelArgs { model: String::new(), config: None, device, dtype: DtypeArg::F32 };
+            let dev = args.device()?;
+            let fault = inject_fault.as_deref().map(str::parse::<moshi_engine::verify::ops::Fault>).transpose()?;
+            report("verify ops", &moshi_engine::verify::ops::run(&dev, fault)?)
         }
         VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale } => {
             let args = ModelArgs { model: String::new(), config: None, device, dtype };

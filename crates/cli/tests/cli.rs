@@ -214,3 +214,15 @@ fn bench_reports_stages_and_real_time_factor() {
     assert!(json["real_time_factor"].as_f64().unwrap() > 0.0);
     assert!(stdout.contains("80.0 ms -"), "the real-time budget line: {stdout}");
 }
+
+/// `verify ops` passes on the CPU; with a fault injected into softmax it fails naming softmax.
+#[test]
+fn verify_ops_names_the_faulty_op() {
+    let ok = run(&["verify", "ops"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = run(&["verify", "ops", "--inject-fault", "softmax"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("the first is `softmax f32`"), "{err}");
+    assert_clean_failure(&["verify", "ops", "--inject-fault", "no_such_op"], "no_such_op");
+}
