@@ -95,11 +95,27 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
         VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale } => {
             let args = ModelArgs { model: String::new(), config: None, device, dtype };
             let (dev, dt) = (args.device()?, args.dtype());
-            let reference = source.load(candle_core::DType::F32, &candle_core::Device::Cpu)?;
-            let dut = source.load(dt, &dev)?;
-            eprintln!("model: {}; {dev:?} {dt:?} against CPU F32, {frames} frames", reference.identity);
+            let cpu = candle_core::Device::Cpu;
+            let (reference, dut, identity) = match source.model.as_deref().and_then(|m| m.strip_prefix("random")) {
+                // `random` or `random:LAYERS`: full-size random weights, made once, built twice.
+                Some(rest) => {
+                    let layers = match rest.strip_prefix(':') {
+                        Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--model random:LAYERS, got `{rest}`"))?,
+                        None if rest.is_empty() => 2,
+                        None => bail!("--model random or random:LAYERS"),
+                    };
+                    let w = moshi_engine::random_model::RandomMoshi::new(layers)?;
+                    (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?, format!("random full-size, {layers} temporal layers"))
+                }
+                None => {
+                    let r = source.load(candle_core::DType::F32, &cpu)?;
+                    let d = source.load(dt, &dev)?;
+                    (r.moshi, d.moshi, r.identity)
+                }
+            };
+            eprintln!("model: {identity}; {dev:?} {dt:?} against CPU F32, {frames} frames");
             let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
-            let checks = moshi_engine::verify::model::run(&reference.moshi, &dut.moshi, frames, Tolerances::for_dtype(dt), fault)?;
+            let checks = moshi_engine::verify::model::run(&reference, &dut, frames, Tolerances::for_dtype(dt), fault)?;
             report("verify model", &checks)
         }
     }

@@ -16,6 +16,7 @@ pub mod lm;
 pub mod mimi;
 pub mod model_files;
 pub mod nn;
+pub mod random_model;
 pub mod text;
 pub mod tiny;
 pub mod verify;

@@ -121,6 +121,30 @@ impl Tokenizer {
         Self::parse(&bytes, path)
     }
 
+    /// A stand-in vocabulary of `size` pieces (`<unk>`, `<s>`, `</s>`, `<pad>`, then `▁w4`,
+    /// `▁w5`, …) for random-weight models that come without a tokenizer (benchmarks, `verify`).
+    pub fn synthetic(size: usize) -> Result<Self> {
+        let pieces = (0..size.max(4))
+            .map(|i| proto::SentencePiece {
+                piece: Some(match i {
+                    0 => "<unk>".into(),
+                    1 => "<s>".into(),
+                    2 => "</s>".into(),
+                    3 => "<pad>".into(),
+                    _ => format!("\u{2581}w{i}"),
+                }),
+                score: Some(0.0),
+                kind: Some(match i {
+                    0 => 2,
+                    1..=3 => 3,
+                    _ => 1,
+                }),
+            })
+            .collect();
+        let model = proto::ModelProto { pieces, trainer_spec: None, normalizer_spec: None };
+        Self::from_bytes(&model.encode_to_vec())
+    }
+
     /// Loads a SentencePiece model from the bytes of a `.model` file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         Self::parse(bytes, Path::new("<in-memory SentencePiece model>"))

@@ -1,0 +1,67 @@
+//! A full-size Moshi with random weights (the real Mimi's 318 tensors, a full-width LM with fewer
+//! temporal layers, a stand-in vocabulary), for `verify model` and benchmarks where the real
+//! checkpoints are not at hand. The tensors are made once, on the CPU in f32, so that the same
+//! weights can be built on several devices and dtypes.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::conversation::Moshi;
+use crate::error::Result;
+use crate::lm::{LmConfig, LmModel};
+use crate::mimi::{Mimi, MimiConfig};
+use crate::text::Tokenizer;
+
+/// The released Mimi's tensor names and shapes (`name<TAB>[d0, d1, …]<TAB>dtype`).
+const MIMI_NAMES: &str = include_str!("../../../golden/mimi_checkpoint_names.txt");
+
+/// Random weights with the released Mimi's names and shapes: convolutions and linears N(0, 1/fan_in),
+/// norms 1, LayerScales 0.01, codebook usage 1 (so every entry is its random sum).
+pub fn mimi_tensors() -> Result<HashMap<String, Tensor>> {
+    let dev = Device::Cpu;
+    let mut out = HashMap::new();
+    for line in MIMI_NAMES.lines().filter(|l| !l.trim().is_empty()) {
+        let mut cols = line.split('\t');
+        let (name, shape) = (cols.next().unwrap_or_default(), cols.next().unwrap_or("[]"));
+        let shape: Vec<usize> =
+            shape.trim_matches(|c| c == '[' || c == ']').split(',').filter_map(|d| d.trim().parse().ok()).collect();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let t = if name.ends_with("cluster_usage") || name.ends_with("_initialized") {
+            Tensor::ones(shape.as_slice(), DType::F32, &dev)?
+        } else if name.ends_with("scale") {
+            Tensor::full(0.01f32, shape.as_slice(), &dev)?
+        } else if name.contains("norm") && name.ends_with("weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, &dev)?
+        } else if name.contains("norm") && name.ends_with("bias") {
+            Tensor::zeros(shape.as_slice(), DType::F32, &dev)?
+        } else {
+            Tensor::randn(0f32, (1.0 / fan_in as f64).sqrt() as f32, shape.as_slice(), &dev)?
+        };
+        out.insert(name.to_string(), t);
+    }
+    Ok(out)
+}
+
+/// The random weights of a full-size Moshi with `layers` temporal layers.
+pub struct RandomMoshi {
+    pub lm_config: LmConfig,
+    lm: HashMap<String, Tensor>,
+    mimi: HashMap<String, Tensor>,
+}
+
+impl RandomMoshi {
+    pub fn new(layers: usize) -> Result<Self> {
+        let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
+        let lm = crate::lm::random::random_weights(&lm_config, DType::F32, &Device::Cpu)?;
+        Ok(Self { lm_config, lm, mimi: mimi_tensors()? })
+    }
+
+    /// The model on `device`, the LM in `dtype` (Mimi in f32).
+    pub fn build(&self, dtype: DType, device: &Device) -> Result<Moshi> {
+        let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(self.mimi.clone(), DType::F32, device))?;
+        let lm = LmModel::from_tensors(&self.lm_config, self.lm.clone(), dtype, device)?;
+        Moshi::new(mimi, lm, Tokenizer::synthetic(self.lm_config.text_card)?)
+    }
+}
