@@ -226,3 +226,45 @@ fn verify_ops_names_the_faulty_op() {
     assert!(err.contains("the first is `softmax f32`"), "{err}");
     assert_clean_failure(&["verify", "ops", "--inject-fault", "no_such_op"], "no_such_op");
 }
+
+/// A Hugging Face repo id resolved from the standard cache layout under HF_HOME with
+/// HF_HUB_OFFLINE=1 (no network): the tiny Moshi's files under the released names, with a
+/// Kyutai config.json, in `hub/models--test--tiny-moshi/snapshots/<rev>/`. Missing repos name
+/// themselves.
+#[test]
+fn run_resolves_a_repo_from_the_hf_cache_offline() {
+    let home = tmp("hf_home");
+    let repo_dir = home.join("hub/models--test--tiny-moshi");
+    let snap = repo_dir.join("snapshots/0123456789abcdef0123456789abcdef01234567");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), "0123456789abcdef0123456789abcdef01234567").unwrap();
+    let g = repo().join("golden");
+    std::fs::copy(g.join("moshi_tiny/model.safetensors"), snap.join("model.safetensors")).unwrap();
+    std::fs::copy(g.join("mimi_tiny/model.safetensors"), snap.join("tokenizer-e351c8d8-checkpoint125.safetensors")).unwrap();
+    std::fs::copy(g.join("lm_tiny/tokenizer.model"), snap.join("tokenizer_spm_32k_3.model")).unwrap();
+    std::fs::copy(g.join("mimi_tiny/config.json"), snap.join("mimi_config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(g.join("moshi_tiny/config.json")).unwrap()).unwrap();
+    cfg["mimi_name"] = "tokenizer-e351c8d8-checkpoint125.safetensors".into();
+    cfg["tokenizer_name"] = "tokenizer_spm_32k_3.model".into();
+    cfg["mimi_config_name"] = "mimi_config.json".into();
+    std::fs::write(snap.join("config.json"), cfg.to_string()).unwrap();
+
+    let input = repo().join("assets/hello.wav");
+    let (a, b) = (tmp("hf_reply.wav"), tmp("tiny_reply.wav"));
+    let go = |model: &str, out: &Path| {
+        bin()
+            .args(["run", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--model", model, "--greedy", "--max-steps", "20"])
+            .env("HF_HOME", &home)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = go("test/tiny-moshi", &a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(go("tiny", &b).status.success());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the cached repo is the tiny Moshi");
+    let missing = go("test/not-there", &a);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("test/not-there is not (completely) in the local cache"));
+}
