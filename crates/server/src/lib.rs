@@ -1,4 +1,6 @@
-//! `moshi-rs serve` (issue 5, in progress): Kyutai's WebSocket protocol (`protocol`); the server,
-//! the Ogg/Opus audio path and the batched scheduler come next (see docs/protocol.md).
+//! `moshi-rs serve` (issue 5, in progress): Kyutai's WebSocket protocol (`protocol`) and its Ogg
+//! framing (`ogg_stream`); the server,
+//! the Opus codec and the batched scheduler come next (see docs/protocol.md).
 
+pub mod ogg_stream;
 pub mod protocol;
