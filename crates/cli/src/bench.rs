@@ -7,7 +7,8 @@ use moshi_engine::conversation::StageTimes;
 use moshi_engine::lm::GenConfig;
 use moshi_engine::verify::model::test_signal;
 
-use crate::model::{DeviceArg, DtypeArg, ModelArgs};
+use crate::model::{DeviceArg, DtypeArg};
+use crate::stats::percentile as pct;
 use crate::sources::MoshiSource;
 
 #[derive(Debug, Args)]
@@ -29,16 +30,6 @@ pub struct BenchArgs {
     /// Print only the JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[((s.len() - 1) as f64 * p).round() as usize]
-    }
 }
 
 /// Frame times as columns (each the slowest frame of its bucket), with the real-time budget
@@ -74,8 +65,7 @@ pub fn ascii_plot(times: &[f64], budget: f64) -> String {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let margs = ModelArgs { model: String::new(), config: None, device: args.device, dtype: args.dtype };
-    let (dev, dt) = (margs.device()?, margs.dtype());
+    let (dev, dt) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
     let loaded = args.source.load(dt, &dev)?;
     let moshi = &loaded.moshi;
     let n = moshi.frame_size();

@@ -11,6 +11,7 @@ use moshi_engine::mimi::stream::{decode_codes, encode_samples, CodesFile};
 use moshi_engine::mimi::{DecoderState, EncoderState, Mimi};
 
 use crate::model::ModelArgs;
+use crate::stats::percentile;
 
 #[derive(Debug, Subcommand)]
 pub enum CodecCommand {
@@ -127,11 +128,6 @@ fn check_codes_file(mimi: &Mimi, file: &CodesFile, path: &Path) -> anyhow::Resul
         bail!("{}: {k} codebooks, the model has {}", path.display(), cfg.quantizer.n_q);
     }
     Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
 }
 
 fn bench(mimi: &Mimi, frames: usize, warmup: usize, batch: usize) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use moshi_engine::lm::{check_checkpoint, GenConfig, LmConfig, LmModel};
 use moshi_engine::nn::transformer::TransformerState;
 
 use crate::model::{DeviceArg, DtypeArg};
+use crate::stats::{percentile, round3};
 
 #[derive(Debug, Subcommand)]
 pub enum LmCommand {
@@ -47,17 +48,8 @@ pub enum LmCommand {
     },
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5)
 }
 
 pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
@@ -85,8 +77,7 @@ pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
             };
             cfg.num_layers = layers;
             cfg.depformer_num_layers = depformer_layers;
-            let args = crate::model::ModelArgs { model: String::new(), config: None, device, dtype };
-            let (dev, dt) = (args.device()?, args.dtype());
+            let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             bench(&cfg, batch, steps, warmup, &dev, dt)
         }
     }
@@ -158,12 +149,12 @@ fn bench(cfg: &LmConfig, batch: usize, steps: usize, warmup: usize, dev: &Device
             }
         }
     }
-    let layer_med: Vec<f64> = layer_ms.iter_mut().map(|v| round3(median(v))).collect();
-    let dep_med: Vec<f64> = dep_ms.iter_mut().map(|v| round3(median(v))).collect();
+    let layer_med: Vec<f64> = layer_ms.iter().map(|v| round3(median(v))).collect();
+    let dep_med: Vec<f64> = dep_ms.iter().map(|v| round3(median(v))).collect();
     let res = serde_json::json!({
-        "step_ms_median": round3(median(&mut step_ms)),
+        "step_ms_median": round3(median(&step_ms)),
         "temporal_layer_ms_median": layer_med,
-        "temporal_embed_and_heads_ms_median": round3(median(&mut embed_head_ms)),
+        "temporal_embed_and_heads_ms_median": round3(median(&embed_head_ms)),
         "depformer_step_ms_median": dep_med,
         "depformer_total_ms": round3(dep_med.iter().sum()),
         "temporal_layers": nl,

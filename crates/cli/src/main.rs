@@ -7,6 +7,7 @@ mod lm;
 mod model;
 mod run;
 mod sources;
+mod stats;
 mod verify;
 
 use clap::{Parser, Subcommand};

@@ -37,22 +37,30 @@ pub struct ModelArgs {
     pub dtype: DtypeArg,
 }
 
+/// The device `--device` names.
+pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
+    Ok(match arg {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda (was moshi-rs built with --features cuda?)")?,
+        DeviceArg::Metal => Device::new_metal(0).context("--device metal (was moshi-rs built with --features metal?)")?,
+    })
+}
+
+/// The dtype `--dtype` names.
+pub fn dtype(arg: DtypeArg) -> DType {
+    match arg {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::Bf16 => DType::BF16,
+    }
+}
+
 impl ModelArgs {
     pub fn device(&self) -> anyhow::Result<Device> {
-        Ok(match self.device {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda (was moshi-rs built with --features cuda?)")?,
-            DeviceArg::Metal => {
-                Device::new_metal(0).context("--device metal (was moshi-rs built with --features metal?)")?
-            }
-        })
+        device(self.device)
     }
 
     pub fn dtype(&self) -> DType {
-        match self.dtype {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::BF16,
-        }
+        dtype(self.dtype)
     }
 
     pub fn load_mimi(&self) -> anyhow::Result<Mimi> {

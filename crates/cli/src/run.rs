@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{DeviceArg, DtypeArg};
 use crate::sources::MoshiSource;
+use crate::stats::{percentile, round3};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -57,22 +58,8 @@ pub struct RunArgs {
     pub dtype: DtypeArg,
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let model_args = crate::model::ModelArgs { model: String::new(), config: None, device: args.device, dtype: args.dtype };
-    let (device, dtype) = (model_args.device()?, model_args.dtype());
+    let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
     let loaded = args.source.load(dtype, &device)?;
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use moshi_engine::verify::model::{LayerFault, Tolerances};
 use moshi_engine::verify::{first_failure, table, Check};
 
-use crate::model::{DeviceArg, DtypeArg, ModelArgs};
+use crate::model::{DeviceArg, DtypeArg};
 use crate::sources::MoshiSource;
 
 #[derive(Debug, Subcommand)]
@@ -87,14 +87,12 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             report("verify golden", &moshi_engine::verify::golden::run(&dir)?)
         }
         VerifyCommand::Ops { device, inject_fault } => {
-            let args = ModelArgs { model: String::new(), config: None, device, dtype: DtypeArg::F32 };
-            let dev = args.device()?;
+            let dev = crate::model::device(device)?;
             let fault = inject_fault.as_deref().map(str::parse::<moshi_engine::verify::ops::Fault>).transpose()?;
             report("verify ops", &moshi_engine::verify::ops::run(&dev, fault)?)
         }
         VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale } => {
-            let args = ModelArgs { model: String::new(), config: None, device, dtype };
-            let (dev, dt) = (args.device()?, args.dtype());
+            let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             let cpu = candle_core::Device::Cpu;
             let (reference, dut, identity) = match source.model.as_deref().and_then(|m| m.strip_prefix("random")) {
                 // `random` or `random:LAYERS`: full-size random weights, made once, built twice.
