@@ -47,6 +47,9 @@ pub struct FrameOut {
     pub pcm: Option<Vec<f32>>,
     /// The text tokens aligned with `pcm` ([B]; pad and end-of-padding included).
     pub text: Option<Vec<u32>>,
+    /// [B]: whether the row's `pcm`, `text` and `tokens` are real; a row that started later
+    /// (`Conversation::reset_row`) fills its delays later.
+    pub ready: Vec<bool>,
     /// All aligned tokens ([B, 1 + dep_q]: text, audio codebooks…), once the delays are filled.
     pub tokens: Option<Vec<i64>>,
     pub times: StageTimes,
@@ -60,6 +63,8 @@ pub struct Conversation {
     lm: LmGenState,
     frames: usize,
     repeat_first_frame: bool,
+    /// Rows whose decoder must start afresh at their first real tokens.
+    dec_fresh: Vec<bool>,
 }
 
 impl Conversation {
@@ -71,6 +76,29 @@ impl Conversation {
     /// LM steps taken so far (one more than `frames` when the first frame was given twice).
     pub fn lm_steps(&self) -> usize {
         self.lm.step_index()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Frames consumed by row `row` since it started.
+    pub fn row_frames(&self, row: usize) -> usize {
+        self.lm.row_step(row)
+    }
+
+    /// Start row `row` as a new conversation at the next frame, with its own sampling settings
+    /// and seed; the other rows go on undisturbed. Only for [`Moshi::slots`]. The row then
+    /// computes what a conversation of its own would (tests/slots.rs), apart from float
+    /// rounding in batched products.
+    pub fn reset_row(&mut self, row: usize, cfg: GenConfig, seed: u64) -> Result<()> {
+        if row >= self.batch {
+            return Err(EngineError::InvalidInput(format!("row {row} of {} conversation slots", self.batch)));
+        }
+        self.lm.reset_row(row, cfg, seed)?;
+        self.enc.reset_row(row, self.batch);
+        self.dec_fresh[row] = true;
+        Ok(())
     }
 }
 
@@ -128,6 +156,25 @@ impl Moshi {
             lm: self.lm.new_state(batch, cfg, seed)?,
             frames: 0,
             repeat_first_frame,
+            dec_fresh: vec![false; batch],
+        })
+    }
+
+    /// `batch` conversation slots for a server: rows start and restart one at a time
+    /// ([`Conversation::reset_row`]) while the others go on; every frame steps all rows
+    /// (idle rows compute on whatever they are given, usually silence).
+    pub fn slots(&self, batch: usize) -> Result<Conversation> {
+        if batch == 0 {
+            return Err(EngineError::InvalidInput("0 conversation slots".into()));
+        }
+        Ok(Conversation {
+            batch,
+            enc: EncoderState::default(),
+            dec: DecoderState::default(),
+            lm: self.lm.new_slots(batch)?,
+            frames: 0,
+            repeat_first_frame: false,
+            dec_fresh: vec![false; batch],
         })
     }
 
@@ -155,6 +202,12 @@ impl Moshi {
         let t = Instant::now();
         let (pcm, text) = match &out.tokens {
             Some(tokens) => {
+                for (row, fresh) in conv.dec_fresh.iter_mut().enumerate() {
+                    if *fresh && out.ready[row] {
+                        conv.dec.reset_row(row, b);
+                        *fresh = false;
+                    }
+                }
                 let k = self.lm.config().dep_q;
                 let rows: Vec<&[i64]> = tokens.chunks(1 + k).collect();
                 let audio: Vec<i64> = rows.iter().flat_map(|r| r[1..].iter().copied()).collect();
@@ -167,6 +220,13 @@ impl Moshi {
         };
         let decode_ms = ms(t);
         conv.frames += 1;
-        Ok(FrameOut { user_codes, pcm, text, tokens: out.tokens, times: StageTimes { encode_ms, lm_ms, decode_ms } })
+        Ok(FrameOut {
+            user_codes,
+            pcm,
+            text,
+            ready: out.ready,
+            tokens: out.tokens,
+            times: StageTimes { encode_ms, lm_ms, decode_ms },
+        })
     }
 }

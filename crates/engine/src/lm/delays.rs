@@ -24,6 +24,11 @@ pub struct DelayBuffer {
     /// `((slot · K) + k) · B + row`
     hist: Vec<i64>,
     step: usize,
+    /// Per row, the step at which its stream began (rows joining a running batch count their
+    /// own steps from there: row step = `step − starts[row]`).
+    starts: Vec<usize>,
+    /// Per row, whether the last `record` returned its tokens.
+    ready: Vec<bool>,
 }
 
 impl DelayBuffer {
@@ -48,7 +53,30 @@ impl DelayBuffer {
             ring,
             hist: vec![0; ring * delays.len() * batch],
             step: 0,
+            starts: vec![0; batch],
+            ready: vec![false; batch],
         })
+    }
+
+    /// Row `row` starts a new stream at the next step (its history is never read again: every
+    /// position a fresh stream reads is written after its start).
+    pub fn reset_row(&mut self, row: usize) -> Result<()> {
+        if row >= self.batch {
+            return Err(EngineError::InvalidInput(format!("row {row} of a batch of {}", self.batch)));
+        }
+        self.starts[row] = self.step;
+        self.ready[row] = false;
+        Ok(())
+    }
+
+    /// The step the next `input` call prepares, counted from row `row`'s start.
+    pub fn row_step(&self, row: usize) -> usize {
+        self.step - self.starts[row]
+    }
+
+    /// Per row: whether the last `record` gave its aligned tokens.
+    pub fn ready(&self) -> &[bool] {
+        &self.ready
     }
 
     pub fn max_delay(&self) -> usize {
@@ -81,12 +109,13 @@ impl DelayBuffer {
         }
         for j in 0..u {
             for row in 0..b {
-                let i = self.at(n + self.delays[g + j], g + j, row);
+                let i = self.at(self.row_step(row) + self.delays[g + j], g + j, row);
                 self.hist[i] = user[row * u + j];
             }
         }
         let mut input = vec![0i64; b * kk];
         for row in 0..b {
+            let n = self.row_step(row);
             for k in 0..kk {
                 input[row * kk + k] =
                     if n <= self.delays[k] { self.initial[k] } else { self.hist[self.at(n, k, row)] };
@@ -104,21 +133,22 @@ impl DelayBuffer {
         }
         for row in 0..b {
             for k in 0..g {
-                let i = self.at(n + 1, k, row);
+                let i = self.at(self.row_step(row) + 1, k, row);
                 self.hist[i] = sampled[row * g + k];
             }
         }
         let m = self.max_delay();
-        let out = (n >= m).then(|| {
-            let mut out = vec![0i64; b * g];
-            for row in 0..b {
-                for k in 0..g {
-                    out[row * g + k] = self.hist[self.at(n + 1 - m + self.delays[k], k, row)];
-                }
+        // Rows still filling their delays get zeros (valid codes for a batched decode; never shown).
+        let mut out = vec![0i64; b * g];
+        for row in 0..b {
+            let n = self.row_step(row);
+            self.ready[row] = n >= m;
+            for k in 0..g {
+                out[row * g + k] =
+                    if n >= m { self.hist[self.at(n + 1 - m + self.delays[k], k, row)] } else { 0 };
             }
-            out
-        });
+        }
         self.step += 1;
-        Ok(out)
+        Ok(self.ready.iter().any(|&r| r).then_some(out))
     }
 }

@@ -39,9 +39,47 @@ pub struct LmGenState {
     tokens: DelayBuffer,
     cfg: GenConfig,
     noise: Box<dyn Noise>,
+    /// Conversation slots (`LmModel::new_slots`): each row its own settings and noise; empty
+    /// when every row shares `cfg` and `noise`.
+    rows: Vec<(GenConfig, SeededNoise)>,
 }
 
 impl LmGenState {
+    /// Start row `row` as a new conversation at the next step, with its own settings and seed;
+    /// the other rows go on. Only for states made by `LmModel::new_slots`.
+    pub fn reset_row(&mut self, row: usize, cfg: GenConfig, seed: u64) -> Result<()> {
+        let b = self.batch();
+        if self.rows.len() != b {
+            return Err(EngineError::InvalidInput(
+                "this state shares one noise source between its rows; make it with LmModel::new_slots to reset rows".into(),
+            ));
+        }
+        self.tokens.reset_row(row)?;
+        self.temporal.reset_row(row, b);
+        self.rows[row] = (cfg, SeededNoise::new(seed));
+        Ok(())
+    }
+
+    /// Steps taken by row `row` since its start.
+    pub fn row_step(&self, row: usize) -> usize {
+        self.tokens.row_step(row)
+    }
+
+    /// Sample one token per row, with each row's own settings and noise when it has them.
+    fn sample(&mut self, logits: &[f32], b: usize, text: bool, what: &str) -> Result<Vec<u32>> {
+        let pick = |c: &GenConfig| if text { c.text } else { c.audio };
+        if self.rows.is_empty() {
+            return sample(logits, b, &pick(&self.cfg), self.noise.as_mut(), what);
+        }
+        let vocab = logits.len() / b;
+        let mut out = Vec::with_capacity(b);
+        for (r, (cfg, noise)) in self.rows.iter_mut().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            out.extend(sample(row, 1, &pick(cfg), noise, &format!("{what}, row {r}"))?);
+        }
+        Ok(out)
+    }
+
     /// Steps taken so far.
     pub fn step_index(&self) -> usize {
         self.tokens.step()
@@ -60,8 +98,11 @@ impl LmGenState {
 #[derive(Debug, Clone)]
 pub struct StepOut {
     /// [B, 1 + dep_q] row-major: text and model audio tokens of time index `step − M`; `None`
-    /// while the delays fill (the first M steps).
+    /// while the delays fill (the first M steps) of every row.
     pub tokens: Option<Vec<i64>>,
+    /// [B]: whether the row's `tokens` are real (rows that joined later fill their delays later;
+    /// their tokens are zeros until then).
+    pub ready: Vec<bool>,
     /// [B, 1 + n_q] row-major: what the temporal model read at this step.
     pub input: Vec<i64>,
     /// [B]: the text token sampled at this step.
@@ -91,7 +132,16 @@ impl LmModel {
         let c = self.config();
         let initial: Vec<i64> = (0..c.num_streams()).map(|k| self.initial_token(k)).collect();
         let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.dep_q, batch)?;
-        Ok(LmGenState { temporal: TransformerState::default(), tokens, cfg, noise })
+        Ok(LmGenState { temporal: TransformerState::default(), tokens, cfg, noise, rows: Vec::new() })
+    }
+
+    /// `batch` conversation slots stepped together, each row with its own settings and seeded
+    /// noise, started (and restarted) one at a time with `LmGenState::reset_row`. Until then a
+    /// row runs greedily on whatever it is given.
+    pub fn new_slots(&self, batch: usize) -> Result<LmGenState> {
+        let mut st = self.new_state(batch, GenConfig::greedy(), 0)?;
+        st.rows = (0..batch).map(|r| (GenConfig::greedy(), SeededNoise::new(r as u64))).collect();
+        Ok(st)
     }
 
     /// M: steps before the first output.
@@ -115,7 +165,7 @@ impl LmModel {
         if logits.iter().any(|x| !x.is_finite()) {
             return Err(self.locate_non_finite(st, &tokens, "text logits"));
         }
-        let text = sample(&logits, b, &st.cfg.text, st.noise.as_mut(), &format!("step {n}, text"))?;
+        let text = st.sample(&logits, b, true, &format!("step {n}, text"))?;
 
         let mut dstate = TransformerState::default();
         let mut prev: Vec<i64> = text.iter().map(|&t| t as i64).collect();
@@ -130,7 +180,7 @@ impl LmModel {
                     "step {n}: non-finite logits at depformer step {k} (codebook {k}); the temporal output was finite"
                 )));
             }
-            let a = sample(&lv, b, &st.cfg.audio, st.noise.as_mut(), &format!("step {n}, depformer step {k}"))?;
+            let a = st.sample(&lv, b, false, &format!("step {n}, depformer step {k}"))?;
             for row in 0..b {
                 audio[row * dq + k] = a[row];
                 prev[row] = a[row] as i64;
@@ -147,6 +197,7 @@ impl LmModel {
         let tokens = st.tokens.record(&sampled)?;
         Ok(StepOut {
             tokens,
+            ready: st.tokens.ready().to_vec(),
             input,
             text,
             audio,

@@ -64,12 +64,27 @@ impl EncoderState {
     pub fn reset(&mut self) {
         *self = Self::default();
     }
+
+    /// Batch row `row` (of `batch`) starts a new stream at the next call; the other rows go on
+    /// (a conversation joining a running batch).
+    pub fn reset_row(&mut self, row: usize, batch: usize) {
+        self.seanet.reset_row(row);
+        self.transformer.reset_row(row, batch);
+        self.downsample.reset_row(row);
+    }
 }
 
 impl DecoderState {
     /// Forget everything: the next call starts a new stream.
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    /// Batch row `row` (of `batch`) starts a new stream at the next call; the other rows go on.
+    pub fn reset_row(&mut self, row: usize, batch: usize) {
+        self.upsample.reset_row(row);
+        self.transformer.reset_row(row, batch);
+        self.seanet.reset_row(row);
     }
 }
 

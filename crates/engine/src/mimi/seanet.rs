@@ -57,6 +57,14 @@ pub struct SeanetState {
     convtrs: Vec<ConvTrState>,
 }
 
+impl SeanetState {
+    /// Batch row `row` starts a new stream at the next call.
+    pub fn reset_row(&mut self, row: usize) {
+        self.convs.iter_mut().for_each(|c| c.reset_row(row));
+        self.convtrs.iter_mut().for_each(|c| c.reset_row(row));
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Seanet {
     layers: Vec<Layer>,

@@ -145,7 +145,19 @@ impl Attention {
 
     /// `x` [B, T, d] at positions `offset ..`. `capacity` None: a whole sequence, every key
     /// kept, `cache` untouched. Some(c): a streaming step through the ring cache of `c` slots.
-    pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut KvCache, capacity: Option<usize>) -> Result<Tensor> {
+    ///
+    /// `starts` (empty, or one per batch row): the position at which each row's stream began.
+    /// A row that began at s sees only keys at positions ≥ s and is rotated as if its stream
+    /// began at 0 (RoPE at p − s), so a conversation that joins a running batch computes what
+    /// it would alone.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: &mut KvCache,
+        capacity: Option<usize>,
+        starts: &[usize],
+    ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let (h, dh) = (self.num_heads, self.head_dim);
         // "b t (p h d) -> p b h t d"
@@ -154,15 +166,29 @@ impl Attention {
         let mut q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
+        let per_row = starts.iter().any(|&s| s > 0);
+        if per_row && starts.len() != b {
+            return Err(EngineError::Streaming(format!("{} row starts for a batch of {b}", starts.len())));
+        }
         if let Some(rope) = &self.rope {
-            q = rope.apply(&q, offset)?;
-            k = rope.apply(&k, offset)?;
+            if per_row {
+                let offsets: Vec<usize> = starts.iter().map(|&s| offset.saturating_sub(s)).collect();
+                q = rope.apply_rows(&q, &offsets)?;
+                k = rope.apply_rows(&k, &offsets)?;
+            } else {
+                q = rope.apply(&q, offset)?;
+                k = rope.apply(&k, offset)?;
+            }
         }
         let (k, v, key_pos) = match capacity {
             Some(cap) => cache.append(&k, &v, offset, cap)?,
             None => (k, v, (offset..offset + t).map(|p| p as i64).collect()),
         };
-        let mask = self.mask(offset, t, &key_pos, x.device())?;
+        let mask = if per_row {
+            self.row_mask(offset, t, &key_pos, starts, x.device())?
+        } else {
+            self.mask(offset, t, &key_pos, x.device())?
+        };
         // Candle's CPU bf16 matmul allocates and widens on every call (≈ 20% of a bf16 LM step
         // in `perf`); on the CPU the attention products run in f32 instead.
         let dtype = q.dtype();
@@ -194,5 +220,22 @@ impl Attention {
             }
         }
         Ok(Tensor::from_vec(m, (t, s), device)?)
+    }
+
+    /// As `mask`, per batch row, also hiding keys older than the row's start: [B, 1, T, S].
+    fn row_mask(&self, q0: usize, t: usize, key_pos: &[i64], starts: &[usize], device: &Device) -> Result<Tensor> {
+        let s = key_pos.len();
+        let mut m = Vec::with_capacity(starts.len() * t * s);
+        for &start in starts {
+            for i in 0..t {
+                let qp = (q0 + i) as i64;
+                for &kp in key_pos {
+                    let delta = qp - kp;
+                    let ok = delta >= 0 && delta < self.context as i64 && kp >= start as i64;
+                    m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (starts.len(), 1, t, s), device)?)
     }
 }

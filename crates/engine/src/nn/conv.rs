@@ -56,6 +56,36 @@ pub struct StreamingConv1d {
 #[derive(Debug, Clone, Default)]
 pub struct ConvState {
     previous: Option<Tensor>,
+    /// Batch rows that start a new stream at the next call.
+    fresh: Vec<usize>,
+}
+
+impl ConvState {
+    /// Batch row `row` starts a new stream at the next call (the others go on).
+    pub fn reset_row(&mut self, row: usize) {
+        if self.previous.is_some() && !self.fresh.contains(&row) {
+            self.fresh.push(row);
+        }
+    }
+}
+
+/// [B, 1, 1] with 1 at `rows`, 0 elsewhere, in `like`'s dtype and device.
+fn row_mask(rows: &[usize], like: &Tensor) -> Result<Tensor> {
+    let b = like.dim(0)?;
+    let mut m = vec![0f32; b];
+    for &r in rows {
+        if r < b {
+            m[r] = 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1), like.device())?.to_dtype(like.dtype())?)
+}
+
+/// `old` with the rows in `rows` replaced by `new`'s (both [B, C, T]).
+fn replace_rows(old: &Tensor, new: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let m = row_mask(rows, old)?;
+    let keep = m.affine(-1.0, 1.0)?;
+    Ok((old.broadcast_mul(&keep)? + new.broadcast_mul(&m)?)?)
 }
 
 impl StreamingConv1d {
@@ -94,19 +124,29 @@ impl StreamingConv1d {
         let x = if self.context == 0 {
             x.clone()
         } else {
-            let previous = match (&state.previous, self.pad_mode) {
-                (Some(p), _) => {
+            let initial = || -> Result<Tensor> {
+                Ok(match self.pad_mode {
+                    PadMode::Constant => Tensor::zeros((b, c, self.context), x.dtype(), x.device())?,
+                    PadMode::Replicate => x.narrow(2, 0, 1)?.broadcast_as((b, c, self.context))?.contiguous()?,
+                })
+            };
+            let previous = match &state.previous {
+                Some(p) => {
                     if p.dim(0)? != b {
                         return Err(EngineError::Streaming(format!(
                             "batch size changed mid-stream ({} then {b}); reset the state first",
                             p.dim(0)?
                         )));
                     }
-                    p.clone()
+                    if state.fresh.is_empty() {
+                        p.clone()
+                    } else {
+                        replace_rows(p, &initial()?, &state.fresh)?
+                    }
                 }
-                (None, PadMode::Constant) => Tensor::zeros((b, c, self.context), x.dtype(), x.device())?,
-                (None, PadMode::Replicate) => x.narrow(2, 0, 1)?.broadcast_as((b, c, self.context))?,
+                None => initial()?,
             };
+            state.fresh.clear();
             Tensor::cat(&[&previous, x], 2)?
         };
         let y = self.conv(&x)?;
@@ -170,6 +210,17 @@ pub struct StreamingConvTr1d {
 #[derive(Debug, Clone, Default)]
 pub struct ConvTrState {
     partial: Option<Tensor>,
+    /// Batch rows that start a new stream at the next call.
+    fresh: Vec<usize>,
+}
+
+impl ConvTrState {
+    /// Batch row `row` starts a new stream at the next call (the others go on).
+    pub fn reset_row(&mut self, row: usize) {
+        if self.partial.is_some() && !self.fresh.contains(&row) {
+            self.fresh.push(row);
+        }
+    }
 }
 
 impl StreamingConvTr1d {
@@ -254,6 +305,7 @@ impl StreamingConvTr1d {
                             p.dim(0)?
                         )));
                     }
+                    let p = if state.fresh.is_empty() { p.clone() } else { replace_rows(p, &p.zeros_like()?, &state.fresh)? };
                     let head = (y.narrow(2, 0, tail)? + p)?;
                     Tensor::cat(&[&head, &y.narrow(2, tail, total - tail)?], 2)?
                 }
@@ -263,6 +315,7 @@ impl StreamingConvTr1d {
             (y.narrow(2, 0, keep)?, Some(y.narrow(2, keep, tail)?.contiguous()?))
         };
         state.partial = new_partial;
+        state.fresh.clear();
         Ok(match &self.bias {
             Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1))?)?,
             None => out,

@@ -136,9 +136,16 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, offset: usize, cache: &mut KvCache, capacity: Option<usize>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: &mut KvCache,
+        capacity: Option<usize>,
+        starts: &[usize],
+    ) -> Result<Tensor> {
         let n1 = self.norm1.apply(x, offset, |n, x| Ok(n.forward(x)?))?;
-        let a = self.attn.forward(&n1, offset, cache, capacity)?;
+        let a = self.attn.forward(&n1, offset, cache, capacity, starts)?;
         let x = (x + scaled(a, &self.layer_scale_1)?)?;
         let n2 = self.norm2.apply(&x, offset, |n, x| Ok(n.forward(x)?))?;
         let f = self.ffn.apply(&n2, offset, |f, x| f.forward(x))?;
@@ -151,9 +158,22 @@ impl Layer {
 pub struct TransformerState {
     caches: Vec<KvCache>,
     offset: usize,
+    /// Per batch row, the position at which its stream began (empty: every row at 0).
+    starts: Vec<usize>,
 }
 
 impl TransformerState {
+    /// Start batch row `row` (of `batch`) afresh at the next step: it forgets every key cached
+    /// so far and counts its positions from there; the other rows go on.
+    pub fn reset_row(&mut self, row: usize, batch: usize) {
+        if self.starts.len() != batch {
+            self.starts = vec![0; batch];
+        }
+        if row < batch {
+            self.starts[row] = self.offset;
+        }
+    }
+
     /// Steps consumed so far.
     pub fn offset(&self) -> usize {
         self.offset
@@ -166,6 +186,9 @@ impl TransformerState {
         self.offset -= steps;
         for c in &mut self.caches {
             c.rewind(steps);
+        }
+        for s in &mut self.starts {
+            *s = (*s).min(self.offset);
         }
     }
 }
@@ -203,7 +226,7 @@ impl Transformer {
     pub fn forward_map(&self, x: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = map(i, layer.forward(&x, 0, &mut KvCache::default(), None)?)?;
+            x = map(i, layer.forward(&x, 0, &mut KvCache::default(), None, &[])?)?;
         }
         Ok(x)
     }
@@ -237,7 +260,7 @@ impl Transformer {
         let t = x.dim(1)?;
         let mut x = x.clone();
         for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {
-            x = layer.forward(&x, state.offset, cache, capacity)?;
+            x = layer.forward(&x, state.offset, cache, capacity, &state.starts)?;
             inspect(i, &x)?;
         }
         state.offset += t;
