@@ -1,0 +1,248 @@
+//! The audio of one connection: Ogg Opus in, 24 kHz PCM for the model; the model's PCM out, Ogg
+//! Opus messages for the client (docs/protocol.md).
+//!
+//! Opus is `opus-rs`, a pure-Rust port of libopus 1.6: no system library, so `cargo build` works
+//! on a fresh machine. Interoperability with libopus is exercised by the browser test (Chromium's
+//! WebCodecs encoder and decoder are libopus). Decoding never panics on hostile input: a packet
+//! the decoder rejects, or that makes it panic, is counted and skipped.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use opus_rs::{Application, OpusDecoder, OpusEncoder};
+
+use crate::ogg_stream::{OggOpusWriter, OggPacketStream, OggStreamError};
+
+/// The model's sample rate; Opus runs at it in both directions.
+pub const SAMPLE_RATE: usize = 24_000;
+/// Samples per outgoing Opus packet (40 ms, as Kyutai's servers send).
+pub const OUT_PACKET: usize = 960;
+/// The longest Opus packet: 120 ms.
+const MAX_PACKET_SAMPLES: usize = SAMPLE_RATE * 120 / 1000;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AudioInError {
+    #[error(transparent)]
+    Ogg(#[from] OggStreamError),
+    #[error("the audio stream is not Ogg Opus: its first packet starts with {0:?}, not \"OpusHead\"")]
+    NotOpus(String),
+    #[error("unsupported OpusHead: {0}")]
+    BadHead(String),
+    #[error("{0} Opus packets in a row could not be decoded")]
+    Undecodable(u64),
+}
+
+/// Incoming audio of one connection: Ogg pages (split across messages as they come) → Opus
+/// packets → 24 kHz mono samples, buffered up to a bound (the oldest samples are dropped past it).
+pub struct OpusInput {
+    ogg: OggPacketStream,
+    decoder: OpusDecoder,
+    packets: u64,
+    pcm: VecDeque<f32>,
+    max_pcm: usize,
+    scratch: Vec<f32>,
+    bad_in_a_row: u64,
+    /// Packets skipped because they did not decode.
+    pub bad_packets: u64,
+    /// Samples dropped because the buffer was full (the client sends faster than real time).
+    pub dropped_samples: u64,
+}
+
+/// After this many undecodable packets in a row the stream is declared broken.
+const MAX_BAD_IN_A_ROW: u64 = 50;
+
+impl OpusInput {
+    /// `max_pcm`: samples buffered at most; `max_ogg`: bytes of an incomplete page held at most.
+    pub fn new(max_pcm: usize, max_ogg: usize) -> Self {
+        Self {
+            ogg: OggPacketStream::new(max_ogg),
+            decoder: OpusDecoder::new(SAMPLE_RATE as i32, 1).expect("24 kHz mono is a valid Opus decoder"),
+            packets: 0,
+            pcm: VecDeque::new(),
+            max_pcm,
+            scratch: vec![0f32; MAX_PACKET_SAMPLES],
+            bad_in_a_row: 0,
+            bad_packets: 0,
+            dropped_samples: 0,
+        }
+    }
+
+    /// The payload of one audio message; returns the number of samples it added.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<usize, AudioInError> {
+        let mut added = 0;
+        for packet in self.ogg.push(bytes)? {
+            self.packets += 1;
+            if self.packets == 1 {
+                check_head(&packet)?;
+                continue;
+            }
+            if packet.starts_with(b"OpusTags") || packet.starts_with(b"OpusHead") {
+                continue;
+            }
+            let decoder = &mut self.decoder;
+            let scratch = &mut self.scratch;
+            let decoded = catch_unwind(AssertUnwindSafe(|| decoder.decode(&packet, MAX_PACKET_SAMPLES, scratch)));
+            match decoded {
+                Ok(Ok(n)) if n <= MAX_PACKET_SAMPLES => {
+                    self.bad_in_a_row = 0;
+                    self.pcm.extend(self.scratch[..n].iter().copied());
+                    added += n;
+                }
+                _ => {
+                    self.bad_packets += 1;
+                    self.bad_in_a_row += 1;
+                    // A panic may leave the decoder inconsistent: start a fresh one.
+                    self.decoder = OpusDecoder::new(SAMPLE_RATE as i32, 1).expect("valid decoder");
+                    if self.bad_in_a_row >= MAX_BAD_IN_A_ROW {
+                        return Err(AudioInError::Undecodable(self.bad_in_a_row));
+                    }
+                }
+            }
+        }
+        if self.pcm.len() > self.max_pcm {
+            let extra = self.pcm.len() - self.max_pcm;
+            self.pcm.drain(..extra);
+            self.dropped_samples += extra as u64;
+        }
+        Ok(added)
+    }
+
+    /// Samples waiting.
+    pub fn available(&self) -> usize {
+        self.pcm.len()
+    }
+
+    /// Take `n` samples if that many are waiting.
+    pub fn take(&mut self, n: usize) -> Option<Vec<f32>> {
+        (self.pcm.len() >= n).then(|| self.pcm.drain(..n).collect())
+    }
+
+    /// Pages skipped as corrupt by the Ogg reader.
+    pub fn corrupt_pages(&self) -> u64 {
+        self.ogg.corrupt_pages
+    }
+}
+
+fn check_head(p: &[u8]) -> Result<(), AudioInError> {
+    if !p.starts_with(b"OpusHead") {
+        let shown: String = p.iter().take(8).map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+        return Err(AudioInError::NotOpus(shown));
+    }
+    if p.len() < 19 {
+        return Err(AudioInError::BadHead(format!("{} bytes, at least 19 expected", p.len())));
+    }
+    let channels = p[9];
+    if channels == 0 || channels > 2 {
+        return Err(AudioInError::BadHead(format!("{channels} channels (mono or stereo expected; stereo is mixed down)")));
+    }
+    if p[18] != 0 {
+        return Err(AudioInError::BadHead(format!("channel mapping family {} (only 0 is supported)", p[18])));
+    }
+    Ok(())
+}
+
+/// Outgoing audio of one connection: the model's 24 kHz frames → Ogg Opus messages.
+pub struct OpusOutput {
+    encoder: OpusEncoder,
+    writer: OggOpusWriter,
+    packet: Vec<u8>,
+}
+
+impl OpusOutput {
+    pub fn new(serial: u32) -> Self {
+        let mut encoder = OpusEncoder::new(SAMPLE_RATE as i32, 1, Application::Voip).expect("24 kHz mono encoder");
+        encoder.bitrate_bps = 32_000;
+        Self { encoder, writer: OggOpusWriter::new(serial), packet: vec![0u8; 4000] }
+    }
+
+    /// One message of audio for `pcm` (a whole number of 40 ms packets; 80 ms per model frame),
+    /// one Opus packet per Ogg page; the first message also carries the stream headers.
+    pub fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u8>, String> {
+        if pcm.is_empty() || pcm.len() % OUT_PACKET != 0 {
+            return Err(format!("{} samples is not a whole number of {OUT_PACKET}-sample packets", pcm.len()));
+        }
+        let mut msg = Vec::new();
+        for chunk in pcm.chunks(OUT_PACKET) {
+            let clamped: Vec<f32> = chunk.iter().map(|x| if x.is_finite() { x.clamp(-1.0, 1.0) } else { 0.0 }).collect();
+            let n = self.encoder.encode(&clamped, OUT_PACKET, &mut self.packet).map_err(|e| format!("Opus encoder: {e}"))?;
+            let page = self.writer.audio_message(&self.packet[..n], OUT_PACKET as u64).map_err(|e| format!("Ogg writer: {e}"))?;
+            msg.extend(page);
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(n: usize) -> Vec<f32> {
+        (0..n).map(|i| 0.3 * (i as f32 * 440.0 * std::f32::consts::TAU / SAMPLE_RATE as f32).sin()).collect()
+    }
+
+    #[test]
+    fn what_we_send_we_can_read_back() {
+        let mut out = OpusOutput::new(7);
+        let mut input = OpusInput::new(SAMPLE_RATE * 10, 1 << 16);
+        let signal = tone(1920 * 20);
+        let mut bytes = Vec::new();
+        for frame in signal.chunks(1920) {
+            bytes.extend(out.encode(frame).unwrap());
+        }
+        // Any split of the byte stream into messages gives the same samples.
+        for piece in bytes.chunks(77) {
+            input.push(piece).unwrap();
+        }
+        assert_eq!(input.available(), signal.len());
+        let back = input.take(signal.len()).unwrap();
+        // Opus is lossy and delays the signal a little: compare energy past the start.
+        let e = |v: &[f32]| v[4800..].iter().map(|x| x * x).sum::<f32>() / (v.len() - 4800) as f32;
+        let (ei, eo) = (e(&signal), e(&back));
+        assert!((eo / ei - 1.0).abs() < 0.2, "energy in {ei}, out {eo}");
+        assert_eq!(input.bad_packets, 0);
+    }
+
+    #[test]
+    fn a_stream_that_is_not_opus_is_named() {
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        w.write_packet(b"\x01vorbis\0\0\0\0".to_vec(), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        let mut input = OpusInput::new(1000, 1 << 16);
+        let e = input.push(&w.into_inner()).unwrap_err();
+        assert!(matches!(e, AudioInError::NotOpus(_)), "{e}");
+        assert!(e.to_string().contains("vorbis"), "{e}");
+    }
+
+    #[test]
+    fn garbage_packets_are_skipped_then_refused() {
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        w.write_packet(crate::ogg_stream::opus_head(3840, 48_000), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        let mut r = 99u32;
+        for i in 0..60u64 {
+            let p: Vec<u8> = (0..40)
+                .map(|_| {
+                    r = r.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (r >> 24) as u8
+                })
+                .collect();
+            // A TOC byte with an invalid frame count code 3 and zero frames: never decodable.
+            let mut p = p;
+            p[0] = 0x03;
+            p[1] = 0x00;
+            w.write_packet(p, 1, ogg::PacketWriteEndInfo::EndPage, i * 960).unwrap();
+        }
+        let mut input = OpusInput::new(SAMPLE_RATE, 1 << 16);
+        let e = input.push(&w.into_inner()).unwrap_err();
+        assert_eq!(e, AudioInError::Undecodable(MAX_BAD_IN_A_ROW));
+    }
+
+    #[test]
+    fn the_input_buffer_is_bounded() {
+        let mut out = OpusOutput::new(7);
+        let mut input = OpusInput::new(1920 * 3, 1 << 16);
+        for frame in tone(1920 * 10).chunks(1920) {
+            input.push(&out.encode(frame).unwrap()).unwrap();
+        }
+        assert_eq!(input.available(), 1920 * 3);
+        assert_eq!(input.dropped_samples, 1920 * 7);
+    }
+}
