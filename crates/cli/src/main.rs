@@ -6,6 +6,7 @@ mod codec;
 mod lm;
 mod model;
 mod run;
+mod serve;
 mod sources;
 mod stats;
 mod verify;
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Audio file in → Moshi's spoken reply out (wav), transcript on stdout, JSON summary.
     Run(run::RunArgs),
+    /// Real-time voice chat: Kyutai's WebSocket protocol at /api/chat, our web page at /,
+    /// conversations batched on one model; /metrics and /health.
+    Serve(serve::ServeArgs),
     /// Time a whole Moshi frame by frame (B conversations batched): per-stage medians, p90, p99,
     /// real-time factor, a plot of frame times; JSON on the last line.
     Bench(bench::BenchArgs),
@@ -45,12 +49,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,moshi_server=info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),

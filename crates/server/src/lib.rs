@@ -1,7 +1,20 @@
-//! `moshi-rs serve` (issue 5, in progress): Kyutai's WebSocket protocol (`protocol`) and its Ogg
-//! framing (`ogg_stream`); the server, the Opus codec and the batched scheduler come next (see
-//! docs/protocol.md).
+//! `moshi-rs serve`: real-time Moshi over Kyutai's WebSocket protocol, many conversations batched
+//! on one copy of the weights (docs/serve.md, docs/protocol.md).
+//!
+//! - [`protocol`]: the message codec; [`ogg_stream`] and [`audio_io`]: Ogg Opus in and out;
+//! - [`scheduler`]: the batch thread stepping every conversation slot each 80 ms;
+//! - [`session`]: one connection's loop, generic over any sink/stream of frames;
+//! - [`http`]: routes, origin check, TLS ([`tls`]), metrics ([`metrics`]); [`start`].
 
 pub mod audio_io;
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod ogg_stream;
 pub mod protocol;
+pub mod scheduler;
+pub mod session;
+pub mod tls;
+
+pub use config::{ServerConfig, SessionParams};
+pub use http::{start, RunningServer};

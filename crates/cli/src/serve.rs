@@ -1,0 +1,99 @@
+//! `moshi-rs serve`: real-time voice chat over Kyutai's WebSocket protocol with our web page at
+//! `/`; all conversations batched on one copy of the weights (the server lives in moshi-server;
+//! docs/serve.md).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use moshi_engine::lm::{GenConfig, SamplingConfig};
+use moshi_server::ServerConfig;
+
+use crate::model::{DeviceArg, DtypeArg};
+use crate::sources::MoshiSource;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub source: MoshiSource,
+    /// Address to bind; 127.0.0.1 keeps the server local (use 0.0.0.0 to expose it, with TLS).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8998)]
+    pub port: u16,
+    /// Conversations batched together; one more client is refused with an error message.
+    #[arg(long, default_value_t = 4)]
+    pub max_conversations: usize,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+    /// Seconds of user audio buffered per conversation at most.
+    #[arg(long, default_value_t = 2.0)]
+    pub max_buffered_input: f64,
+    /// Browser origins allowed besides the server's own page (repeatable), e.g.
+    /// https://moshi.example.org. Clients that send no Origin header are always allowed.
+    #[arg(long = "allow-origin")]
+    pub allow_origin: Vec<String>,
+    /// Accept WebSocket connections from pages of any origin.
+    #[arg(long)]
+    pub allow_any_origin: bool,
+    /// PEM certificate chain: serve HTTPS/WSS (browsers allow the microphone only on localhost
+    /// or HTTPS). Needs --key.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Default sampling (clients may override with query parameters): greedy.
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.7)]
+    pub text_temperature: f64,
+    #[arg(long, default_value_t = 250)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 25)]
+    pub text_top_k: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+    let loaded = args.source.load(dtype, &device)?;
+    eprintln!("model: {}", loaded.identity);
+    let defaults = if args.greedy {
+        GenConfig::greedy()
+    } else {
+        GenConfig {
+            text: SamplingConfig::sampled(args.text_temperature, args.text_top_k),
+            audio: SamplingConfig::sampled(args.temperature, args.top_k),
+        }
+    };
+    let cfg = ServerConfig {
+        host: args.host,
+        port: args.port,
+        max_conversations: args.max_conversations,
+        max_message_bytes: args.max_message_bytes,
+        max_buffered_input_s: args.max_buffered_input,
+        allowed_origins: args.allow_origin,
+        allow_any_origin: args.allow_any_origin,
+        tls: args.cert.zip(args.key),
+        defaults,
+        model_name: loaded.identity.clone(),
+        ..ServerConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = moshi_server::start(cfg, loaded.moshi).await?;
+        eprintln!("moshi-rs serving on {} (open it in a browser; ctrl-c stops)", server.url());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => eprintln!("stopping"),
+            _ = std::future::pending::<()>() => {}
+        }
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,214 @@
+//! Server settings, and the per-conversation settings Kyutai's clients send as query parameters
+//! of `/api/chat` (docs/protocol.md): parsed strictly, every bad value named.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use moshi_engine::lm::{GenConfig, SamplingConfig};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0: any free port (tests).
+    pub port: u16,
+    /// Conversation slots: the batch the model steps every frame; one more client is refused.
+    pub max_conversations: usize,
+    /// Largest WebSocket message accepted (bytes); larger ones get an error and a close.
+    pub max_message_bytes: usize,
+    /// Seconds of user audio buffered per conversation at most (the oldest is dropped past it).
+    pub max_buffered_input_s: f64,
+    /// Frames of Moshi's audio queued for a client at most (a slow reader loses the oldest).
+    pub max_queued_output_frames: usize,
+    /// Browser origins allowed besides the server's own (`Origin` equal to `Host`); clients that
+    /// send no `Origin` (non-browsers) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Skip the origin check altogether.
+    pub allow_any_origin: bool,
+    /// PEM certificate chain and private key: serve HTTPS/WSS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Sampling when the client does not say.
+    pub defaults: GenConfig,
+    /// Shown in the metadata message and /health.
+    pub model_name: String,
+    /// A send to a client that takes longer than this closes the connection.
+    pub send_timeout_s: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8998,
+            max_conversations: 4,
+            max_message_bytes: 1 << 20,
+            max_buffered_input_s: 2.0,
+            max_queued_output_frames: 25,
+            allowed_origins: Vec::new(),
+            allow_any_origin: false,
+            tls: None,
+            defaults: GenConfig::default(),
+            model_name: "unnamed".into(),
+            send_timeout_s: 10.0,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Loopback, any free port, 4 conversations: what tests start.
+    pub fn local_test() -> Self {
+        Self { port: 0, model_name: "tiny".into(), ..Self::default() }
+    }
+}
+
+/// One conversation's settings from the query string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionParams {
+    pub gen: GenConfig,
+    /// One seeded noise stream drives a conversation's text and audio sampling.
+    pub seed: u64,
+    /// Parameters accepted for compatibility with Kyutai's clients but not implemented (their
+    /// neutral values are not listed).
+    pub ignored: Vec<String>,
+}
+
+fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+    v.trim().parse::<T>().map_err(|_| format!("query parameter {key}={v:?} is not a valid {}", std::any::type_name::<T>()))
+}
+
+fn temperature(key: &str, v: &str) -> Result<f64, String> {
+    let t: f64 = parse(key, v)?;
+    if !t.is_finite() || t < 0.0 {
+        return Err(format!("query parameter {key}={v:?}: a temperature must be finite and ≥ 0"));
+    }
+    Ok(t)
+}
+
+/// A top-k past the vocabulary means "no truncation" (Kyutai's clients send 250 whatever the
+/// model; a small model's vocabulary can be smaller), so it is clamped.
+fn top_k(key: &str, v: &str, vocab: usize) -> Result<usize, String> {
+    let k: usize = parse(key, v)?;
+    if k == 0 {
+        return Err(format!("query parameter {key}={v:?}: top-k must be at least 1"));
+    }
+    Ok(k.min(vocab))
+}
+
+fn sampling(t: f64, k: usize) -> SamplingConfig {
+    if t == 0.0 {
+        SamplingConfig::greedy()
+    } else {
+        SamplingConfig::sampled(t, k)
+    }
+}
+
+impl SessionParams {
+    /// Read Kyutai's query parameters over `defaults`; unknown keys are ignored (their clients
+    /// send `worker_auth_id`, `email`…). `text_vocab`/`audio_vocab` bound the top-k values.
+    pub fn from_query(
+        q: &HashMap<String, String>,
+        defaults: &GenConfig,
+        text_vocab: usize,
+        audio_vocab: usize,
+        random_seed: u64,
+    ) -> Result<Self, String> {
+        let get = |k: &str| q.get(k).map(|s| s.as_str()).filter(|s| !s.trim().is_empty());
+        let (dt, da) = (defaults.text, defaults.audio);
+        let tt = get("text_temperature").map(|v| temperature("text_temperature", v)).transpose()?;
+        let tk = get("text_topk").map(|v| top_k("text_topk", v, text_vocab)).transpose()?;
+        let at = get("audio_temperature").map(|v| temperature("audio_temperature", v)).transpose()?;
+        let ak = get("audio_topk").map(|v| top_k("audio_topk", v, audio_vocab)).transpose()?;
+        let text = match (tt, tk) {
+            (None, None) => dt,
+            (t, k) => sampling(t.unwrap_or(dt.temperature.unwrap_or(0.0)), k.unwrap_or(dt.top_k.max(1))),
+        };
+        let audio = match (at, ak) {
+            (None, None) => da,
+            (t, k) => sampling(t.unwrap_or(da.temperature.unwrap_or(0.0)), k.unwrap_or(da.top_k.max(1))),
+        };
+        let seed = match (get("text_seed"), get("audio_seed")) {
+            (Some(v), _) => parse::<u64>("text_seed", v)?,
+            (None, Some(v)) => parse::<u64>("audio_seed", v)?,
+            (None, None) => random_seed,
+        };
+        let mut ignored = Vec::new();
+        if let Some(v) = get("pad_mult") {
+            if parse::<f32>("pad_mult", v)? != 0.0 {
+                ignored.push("pad_mult".to_string());
+            }
+        }
+        if let Some(v) = get("repetition_penalty") {
+            if parse::<f32>("repetition_penalty", v)? != 1.0 {
+                ignored.push("repetition_penalty".to_string());
+            }
+        }
+        if let Some(v) = get("repetition_penalty_context") {
+            parse::<usize>("repetition_penalty_context", v)?;
+        }
+        Ok(Self { gen: GenConfig { text, audio }, seed, ignored })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn kyutai_web_client_defaults_parse() {
+        let p = SessionParams::from_query(
+            &q(&[
+                ("text_temperature", "0.7"),
+                ("text_topk", "25"),
+                ("audio_temperature", "0.8"),
+                ("audio_topk", "250"),
+                ("pad_mult", "0"),
+                ("repetition_penalty_context", "64"),
+                ("repetition_penalty", "1.0"),
+                ("text_seed", "123"),
+                ("audio_seed", "456"),
+                ("worker_auth_id", "x"),
+            ]),
+            &GenConfig::default(),
+            32000,
+            2048,
+            9,
+        )
+        .unwrap();
+        assert_eq!(p.gen, GenConfig::default());
+        assert_eq!(p.seed, 123);
+        assert!(p.ignored.is_empty());
+    }
+
+    #[test]
+    fn missing_values_take_defaults_and_a_random_seed() {
+        let p = SessionParams::from_query(&q(&[("text_seed", "")]), &GenConfig::greedy(), 100, 100, 77).unwrap();
+        assert_eq!(p.gen, GenConfig::greedy());
+        assert_eq!(p.seed, 77);
+        let p = SessionParams::from_query(&q(&[("audio_temperature", "0")]), &GenConfig::default(), 100, 100, 1).unwrap();
+        assert!(p.gen.audio.is_greedy());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let d = GenConfig::default();
+        for (k, v, want) in [
+            ("text_temperature", "hot", "text_temperature=\"hot\""),
+            ("audio_temperature", "-1", "finite and ≥ 0"),
+            ("audio_temperature", "NaN", "finite"),
+            ("text_topk", "0", "at least 1"),
+            ("audio_topk", "x", "audio_topk"),
+            ("text_seed", "-3", "text_seed"),
+        ] {
+            let e = SessionParams::from_query(&q(&[(k, v)]), &d, 32000, 2048, 0).unwrap_err();
+            assert!(e.contains(want), "{k}={v}: {e}");
+        }
+        let p = SessionParams::from_query(&q(&[("audio_topk", "250")]), &d, 32000, 64, 0).unwrap();
+        assert_eq!(p.gen.audio.top_k, 64, "clamped to the vocabulary");
+        let p = SessionParams::from_query(&q(&[("pad_mult", "1.5")]), &d, 32000, 2048, 0).unwrap();
+        assert_eq!(p.ignored, vec!["pad_mult"]);
+    }
+}
