@@ -286,6 +286,23 @@ async fn page_talks_to_the_server_in_chromium() {
             break;
         }
     }
+    // MOSHI_BROWSER_TEST_HOLD_S=N: once the checks pass, keep the conversation going N more seconds
+    // (printing the status each second) before the final screenshot, to watch the steady state.
+    let hold: u64 = std::env::var("MOSHI_BROWSER_TEST_HOLD_S").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if outcome.is_ok() {
+        for _ in 0..hold {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let text = cdp.eval("JSON.stringify(window.moshiStatus)").await;
+            last = serde_json::from_str(text.as_str().unwrap()).unwrap();
+            let f = |k: &str| last[k].clone();
+            println!(
+                "{:.1} s: state {} sent {} received {} decoded {} played {} underruns {} dropped {} buffered {:.0} ms errors {}",
+                start.elapsed().as_secs_f64(), f("state"), f("sentAudioMessages"), f("receivedAudioMessages"),
+                f("decodedFrames"), f("playedSamples"), f("underruns"), f("droppedSamples"),
+                last["bufferedMs"].as_f64().unwrap_or(0.0), f("errors")
+            );
+        }
+    }
     cdp.screenshot(&artifacts.join("browser-end.png")).await;
     let elapsed = start.elapsed().as_secs_f64();
     let mut shown = last.clone();

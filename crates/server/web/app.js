@@ -378,7 +378,7 @@ const COUNTERS = [
   ['messagesSent', 'messages sent'], ['bytesSent', 'bytes sent'], ['sentAudioMessages', 'audio messages sent'],
   ['encodedPackets', 'Opus packets encoded'], ['messagesReceived', 'messages received'],
   ['bytesReceived', 'bytes received'], ['receivedAudioMessages', 'audio messages received'],
-  ['decodedFrames', 'audio frames decoded'], ['playedFrames', 'audio frames played (80 ms)'],
+  ['decodedFrames', 'audio frames decoded (Opus packets)'], ['playedFrames', 'audio frames played (80 ms)'],
   ['underruns', 'underruns'], ['droppedSamples', 'samples dropped (late)'], ['bufferedMs', 'buffered (ms)'],
   ['textMessages', 'text pieces'],
 ];
