@@ -4,6 +4,7 @@
 mod bench;
 mod codec;
 mod lm;
+mod loadtest;
 mod model;
 mod run;
 mod serve;
@@ -27,6 +28,9 @@ enum Command {
     /// Real-time voice chat: Kyutai's WebSocket protocol at /api/chat, our web page at /,
     /// conversations batched on one model; /metrics and /health.
     Serve(serve::ServeArgs),
+    /// N conversations for M seconds over loopback against a server (in-process, or --url on this
+    /// machine): frames late, step-time percentiles, as JSON.
+    Loadtest(loadtest::LoadArgs),
     /// Time a whole Moshi frame by frame (B conversations batched): per-stage medians, p90, p99,
     /// real-time factor, a plot of frame times; JSON on the last line.
     Bench(bench::BenchArgs),
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),

@@ -4,11 +4,13 @@
 //! - [`protocol`]: the message codec; [`ogg_stream`] and [`audio_io`]: Ogg Opus in and out;
 //! - [`scheduler`]: the batch thread stepping every conversation slot each 80 ms;
 //! - [`session`]: one connection's loop, generic over any sink/stream of frames;
-//! - [`http`]: routes, origin check, TLS ([`tls`]), metrics ([`metrics`]); [`start`].
+//! - [`http`]: routes, origin check, TLS ([`tls`]), metrics ([`metrics`]); [`start`];
+//! - [`load`]: the loopback load generator behind `moshi-rs loadtest`.
 
 pub mod audio_io;
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod ogg_stream;
 pub mod protocol;

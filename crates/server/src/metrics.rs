@@ -1,5 +1,8 @@
 //! Prometheus metrics served at `/metrics` (text format), one registry per server.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Every metric the server keeps.
@@ -24,7 +27,11 @@ pub struct Metrics {
     pub bytes_out: IntCounter,
     /// By kind: protocol, audio, params, capacity, origin, send_timeout, engine, socket.
     pub errors: IntCounterVec,
+    /// The last `STEP_LOG` step times in seconds (exact percentiles for the load generator).
+    step_log: Arc<Mutex<VecDeque<f64>>>,
 }
+
+const STEP_LOG: usize = 100_000;
 
 impl Metrics {
     pub fn new() -> Self {
@@ -60,6 +67,7 @@ impl Metrics {
             bytes_out: IntCounter::new("moshi_bytes_out_total", "WebSocket payload bytes sent").unwrap(),
             errors: IntCounterVec::new(Opts::new("moshi_errors_total", "Errors by kind"), &["kind"]).unwrap(),
             registry,
+            step_log: Arc::new(Mutex::new(VecDeque::new())),
         };
         let r = &m.registry;
         r.register(Box::new(m.active_conversations.clone())).unwrap();
@@ -76,6 +84,21 @@ impl Metrics {
         r.register(Box::new(m.bytes_out.clone())).unwrap();
         r.register(Box::new(m.errors.clone())).unwrap();
         m
+    }
+
+    /// Record one batched step's duration.
+    pub fn observe_step(&self, seconds: f64) {
+        self.step_seconds.observe(seconds);
+        let mut log = self.step_log.lock().expect("step log");
+        if log.len() == STEP_LOG {
+            log.pop_front();
+        }
+        log.push_back(seconds);
+    }
+
+    /// Step times recorded so far (the most recent `STEP_LOG`), in seconds.
+    pub fn step_times(&self) -> Vec<f64> {
+        self.step_log.lock().expect("step log").iter().copied().collect()
     }
 
     pub fn error(&self, kind: &str) {

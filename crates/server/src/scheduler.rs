@@ -283,7 +283,7 @@ impl Batch {
         }
         let t = Instant::now();
         let out = self.moshi.step(&mut self.conv, &pcm);
-        self.metrics.step_seconds.observe(t.elapsed().as_secs_f64());
+        self.metrics.observe_step(t.elapsed().as_secs_f64());
         self.metrics.frames_stepped.inc();
         let out = match out {
             Ok(o) => o,
