@@ -321,7 +321,9 @@ impl Batch {
             let audio = out.pcm.as_ref().map(|p| p[row * n..(row + 1) * n].to_vec()).unwrap_or_else(|| vec![0.0; n]);
             let mut open = send(Reply::Audio(audio));
             if let Some(id) = out.text.as_ref().map(|t| t[row]) {
-                if id != 0 && id != 3 {
+                // As Kyutai's servers: no pad (3) or end-of-padding (0); and no other control
+                // pieces (`<s>`, `</s>`), which are not text.
+                if id != 0 && id != 3 && !self.moshi.tokenizer.is_control(id) {
                     if let Some(piece) = self.moshi.tokenizer.id_to_piece(id) {
                         open &= send(Reply::Text(piece.replace('▁', " ")));
                     }
