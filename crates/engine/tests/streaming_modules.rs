@@ -490,3 +490,39 @@ fn seanet_streaming_equals_batch() {
     }
     cases.finish("SEANet streaming");
 }
+
+/// A row restarted mid-stream (`TransformerState::reset_row`, what `serve` does when a new client
+/// takes a slot), with the ring cache wrapping several times before and after the restart (context
+/// 4, 21 steps): from its restart on, the row computes what a fresh stream of its own inputs does,
+/// and the other row is undisturbed.
+#[test]
+fn transformer_row_restart_past_the_context_equals_a_fresh_stream() {
+    let cfg = mimi_like_config(4);
+    let tf = transformer(&cfg, 77);
+    let mut rng = Rng::new(5);
+    let (steps, restart) = (21, 9);
+    let x = rng.tensor(&[2, steps, cfg.d_model], 1.0);
+    let mut state = TransformerState::default();
+    let mut rows: [Vec<Tensor>; 2] = Default::default();
+    for t in 0..steps {
+        if t == restart {
+            state.reset_row(1, 2);
+        }
+        let y = tf.step(&x.narrow(1, t, 1).unwrap(), &mut state).unwrap();
+        rows[0].push(y.narrow(0, 0, 1).unwrap());
+        rows[1].push(y.narrow(0, 1, 1).unwrap());
+    }
+    let alone = |row: usize, from: usize| {
+        let mut st = TransformerState::default();
+        let xi = x.narrow(0, row, 1).unwrap();
+        (from..steps).map(|t| tf.step(&xi.narrow(1, t, 1).unwrap(), &mut st).unwrap()).collect::<Vec<_>>()
+    };
+    let cat = |v: &[Tensor]| Tensor::cat(v, 1).unwrap();
+    let e0 = max_err(&cat(&rows[0]), &cat(&alone(0, 0))).unwrap();
+    let e1 = max_err(&cat(&rows[1][restart..]), &cat(&alone(1, restart))).unwrap();
+    // Without the restart the row would remember its first 9 steps' keys (and rotate from 9):
+    let e_control = max_err(&cat(&rows[0][restart..restart + 2]), &cat(&alone(0, restart)[..2])).unwrap();
+    eprintln!("row 0 vs alone {e0:.2e}; restarted row 1 vs a fresh stream {e1:.2e}; control {e_control:.2e}");
+    assert!(e0 <= TOL && e1 <= TOL, "row 0 {e0}, row 1 {e1} (tolerance {TOL})");
+    assert!(e_control > 100.0 * TOL, "the control should differ: {e_control}");
+}
