@@ -13,6 +13,7 @@ use opus_rs::{Application, OpusDecoder, OpusEncoder};
 
 use crate::ogg_stream::{OggOpusWriter, OggPacketStream, OggStreamError};
 
+
 /// The model's sample rate; Opus runs at it in both directions.
 pub const SAMPLE_RATE: usize = 24_000;
 /// Samples per outgoing Opus packet (40 ms, as Kyutai's servers send).
@@ -30,6 +31,8 @@ pub enum AudioInError {
     BadHead(String),
     #[error("{0} Opus packets in a row could not be decoded")]
     Undecodable(u64),
+    #[error("one message carried more than {0} samples of audio")]
+    TooMuchAudio(usize),
 }
 
 /// Incoming audio of one connection: Ogg pages (split across messages as they come) → Opus
@@ -85,8 +88,17 @@ impl OpusInput {
             match decoded {
                 Ok(Ok(n)) if n <= MAX_PACKET_SAMPLES => {
                     self.bad_in_a_row = 0;
-                    self.pcm.extend(self.scratch[..n].iter().copied());
                     added += n;
+                    // A message is a page or two of real-time audio; one that decodes to more
+                    // than the whole buffer (e.g. thousands of 1-byte "lost" packets, 120 ms
+                    // each) is refused before it costs memory or time.
+                    if added > self.max_pcm {
+                        self.pcm.clear();
+                        self.pcm.shrink_to(self.max_pcm);
+                        return Err(AudioInError::TooMuchAudio(self.max_pcm));
+                    }
+                    self.pcm.extend(self.scratch[..n].iter().copied());
+                    self.trim();
                 }
                 _ => {
                     self.bad_packets += 1;
@@ -99,12 +111,17 @@ impl OpusInput {
                 }
             }
         }
+        self.trim();
+        Ok(added)
+    }
+
+    /// Keep at most `max_pcm` samples (the oldest go).
+    fn trim(&mut self) {
         if self.pcm.len() > self.max_pcm {
             let extra = self.pcm.len() - self.max_pcm;
             self.pcm.drain(..extra);
             self.dropped_samples += extra as u64;
         }
-        Ok(added)
     }
 
     /// Samples waiting.
@@ -233,6 +250,76 @@ mod tests {
         let mut input = OpusInput::new(SAMPLE_RATE, 1 << 16);
         let e = input.push(&w.into_inner()).unwrap_err();
         assert_eq!(e, AudioInError::Undecodable(MAX_BAD_IN_A_ROW));
+    }
+
+    #[test]
+    fn tiny_packets_cannot_amplify_a_message() {
+        // Empty packets decode as 120 ms of concealment each: 2000 of them in one message would
+        // be 240 s of audio from a few kB.
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        w.write_packet(crate::ogg_stream::opus_head(3840, 48_000), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        let mut input = OpusInput::new(SAMPLE_RATE * 2, 1 << 16);
+        input.push(&std::mem::take(w.inner_mut())).unwrap();
+        for i in 0..2000u64 {
+            let end = if i % 200 == 199 { ogg::PacketWriteEndInfo::EndPage } else { ogg::PacketWriteEndInfo::NormalPacket };
+            w.write_packet(Vec::new(), 1, end, i).unwrap();
+        }
+        let e = input.push(&w.into_inner()).unwrap_err();
+        assert_eq!(e, AudioInError::TooMuchAudio(SAMPLE_RATE * 2));
+        assert!(input.available() <= SAMPLE_RATE * 2);
+    }
+
+    #[test]
+    fn a_packet_continued_forever_and_foreign_streams_are_bounded() {
+        // Pages whose lacing values are all 255: one packet that never ends.
+        let mut s = crate::ogg_stream::OggPacketStream::new(1 << 16);
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        w.write_packet(crate::ogg_stream::opus_head(3840, 48_000), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        s.push(&w.into_inner()).unwrap();
+        let mut result = Ok(vec![]);
+        for seq in 1..200u32 {
+            result = s.push(&raw_page(1, seq, &[255; 255], if seq == 1 { 0 } else { 1 }));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err(), OggStreamError::PacketTooLong { max: 1 << 16 });
+        // Pages of other serials are skipped, not kept.
+        let mut s = crate::ogg_stream::OggPacketStream::new(1 << 16);
+        s.push(&raw_page(1, 0, &[19], 2)).unwrap();
+        for serial in 2..100u32 {
+            s.push(&raw_page(serial, 0, &[255; 255], 2)).unwrap();
+        }
+        assert_eq!(s.foreign_pages, 98);
+    }
+
+    /// One Ogg page with the given lacing values (body of zeros), CRC computed.
+    fn raw_page(serial: u32, seq: u32, lacing: &[u8], flags: u8) -> Vec<u8> {
+        let body: usize = lacing.iter().map(|&l| l as usize).sum();
+        let mut p = b"OggS".to_vec();
+        p.push(0);
+        p.push(flags);
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend_from_slice(&serial.to_le_bytes());
+        p.extend_from_slice(&seq.to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.push(lacing.len() as u8);
+        p.extend_from_slice(lacing);
+        p.extend(std::iter::repeat_n(0u8, body));
+        let crc = ogg_crc(&p);
+        p[22..26].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    fn ogg_crc(data: &[u8]) -> u32 {
+        let mut crc = 0u32;
+        for &b in data {
+            crc ^= (b as u32) << 24;
+            for _ in 0..8 {
+                crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
+            }
+        }
+        crc
     }
 
     #[test]

@@ -13,6 +13,8 @@ use ogg::{PacketWriteEndInfo, PacketWriter};
 pub enum OggStreamError {
     #[error("more than {max} bytes of audio buffered without a complete Ogg page")]
     Overflow { max: usize },
+    #[error("more than {max} bytes of Ogg pages without a complete packet")]
+    PacketTooLong { max: usize },
 }
 
 /// Incremental Ogg reader for one connection.
@@ -22,6 +24,14 @@ pub struct OggPacketStream {
     max_buffer: usize,
     /// Pages rejected (bad header or checksum) and skipped.
     pub corrupt_pages: u64,
+    /// The stream serial of the first page: a connection carries one logical stream; pages of
+    /// other serials are skipped (the reader would otherwise keep state for each).
+    serial: Option<u32>,
+    /// Page bytes accepted since the last completed packet (a packet continued page after page
+    /// would otherwise grow without bound inside the reader).
+    since_packet: usize,
+    /// Pages of other streams skipped.
+    pub foreign_pages: u64,
 }
 
 const CAPTURE: &[u8; 4] = b"OggS";
@@ -30,7 +40,15 @@ impl OggPacketStream {
     /// `max_buffer`: the most bytes held while waiting for a page to complete (a page is at most
     /// 27 + 255 + 255·255 bytes).
     pub fn new(max_buffer: usize) -> Self {
-        Self { buf: Vec::new(), reader: BasePacketReader::new(), max_buffer, corrupt_pages: 0 }
+        Self {
+            buf: Vec::new(),
+            reader: BasePacketReader::new(),
+            max_buffer,
+            corrupt_pages: 0,
+            serial: None,
+            since_packet: 0,
+            foreign_pages: 0,
+        }
     }
 
     /// Add the payload of one audio message; returns every packet completed by it, in order.
@@ -69,12 +87,23 @@ impl OggPacketStream {
             if self.buf.len() < total {
                 break;
             }
+            let serial = u32::from_le_bytes(header[14..18].try_into().expect("4 bytes"));
+            if *self.serial.get_or_insert(serial) != serial {
+                self.foreign_pages += 1;
+                self.buf.drain(..total);
+                continue;
+            }
             let data = self.buf[27 + nseg..total].to_vec();
             match parser.parse_packet_data(data).map(|page| self.reader.push_page(page)) {
                 Ok(Ok(())) => {
                     self.buf.drain(..total);
+                    self.since_packet += total;
                     while let Some(p) = self.reader.read_packet() {
+                        self.since_packet = 0;
                         packets.push(p.data);
+                    }
+                    if self.since_packet > self.max_buffer {
+                        return Err(OggStreamError::PacketTooLong { max: self.max_buffer });
                     }
                 }
                 _ => self.skip_bad_page(),
