@@ -38,6 +38,37 @@ pub struct ModelArgs {
 }
 
 /// The device `--device` names.
+/// Sampling flags shared by `run` and `serve` (the reference's defaults).
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Greedy decoding (argmax) for text and audio; the sampling flags are then ignored.
+    #[arg(long)]
+    pub greedy: bool,
+    /// Audio sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.7)]
+    pub text_temperature: f64,
+    #[arg(long, default_value_t = 250)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 25)]
+    pub text_top_k: usize,
+}
+
+impl SamplingArgs {
+    pub fn gen_config(&self) -> moshi_engine::lm::GenConfig {
+        use moshi_engine::lm::{GenConfig, SamplingConfig};
+        if self.greedy {
+            GenConfig::greedy()
+        } else {
+            GenConfig {
+                text: SamplingConfig::sampled(self.text_temperature, self.text_top_k),
+                audio: SamplingConfig::sampled(self.temperature, self.top_k),
+            }
+        }
+    }
+}
+
 pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
     Ok(match arg {
         DeviceArg::Cpu => Device::Cpu,

@@ -11,11 +11,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moshi_engine::audio;
 use moshi_engine::conversation::{Moshi, StageTimes};
-use moshi_engine::lm::{GenConfig, SamplingConfig};
 use moshi_engine::text::TextStream;
 use sha2::{Digest, Sha256};
 
-use crate::model::{DeviceArg, DtypeArg};
+use crate::model::{DeviceArg, DtypeArg, SamplingArgs};
 use crate::sources::MoshiSource;
 use crate::stats::{percentile, round3};
 
@@ -32,20 +31,10 @@ pub struct RunArgs {
     pub summary: Option<PathBuf>,
     #[command(flatten)]
     pub source: MoshiSource,
-    /// Greedy decoding (argmax) for text and audio; the sampling flags are then ignored.
-    #[arg(long)]
-    pub greedy: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Audio sampling temperature.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0.7)]
-    pub text_temperature: f64,
-    #[arg(long, default_value_t = 250)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 25)]
-    pub text_top_k: usize,
     /// Stop after this many frames (input and silence together).
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -77,14 +66,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         frames.truncate(m);
     }
 
-    let gen = if args.greedy {
-        GenConfig::greedy()
-    } else {
-        GenConfig {
-            text: SamplingConfig::sampled(args.text_temperature, args.text_top_k),
-            audio: SamplingConfig::sampled(args.temperature, args.top_k),
-        }
-    };
+    let gen = args.sampling.gen_config();
     let mut conv = moshi.conversation(gen, args.seed, true)?;
     let mut transcript = TextStream::moshi(&moshi.tokenizer);
     let mut text = String::new();
@@ -138,7 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "device": format!("{device:?}"),
         "dtype": format!("{dtype:?}"),
         "seed": args.seed,
-        "sampling": if args.greedy { serde_json::json!("greedy") } else { serde_json::to_value(gen)? },
+        "sampling": if args.sampling.greedy { serde_json::json!("greedy") } else { serde_json::to_value(gen)? },
         "input_frames": input_frames,
         "silence_frames": silence_frames,
         "frames": frames.len(),

@@ -5,10 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use moshi_engine::lm::{GenConfig, SamplingConfig};
 use moshi_server::ServerConfig;
 
-use crate::model::{DeviceArg, DtypeArg};
+use crate::model::{DeviceArg, DtypeArg, SamplingArgs};
 use crate::sources::MoshiSource;
 
 #[derive(Debug, Args)]
@@ -43,17 +42,9 @@ pub struct ServeArgs {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Default sampling (clients may override with query parameters): greedy.
-    #[arg(long)]
-    pub greedy: bool,
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0.7)]
-    pub text_temperature: f64,
-    #[arg(long, default_value_t = 250)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 25)]
-    pub text_top_k: usize,
+    /// Default sampling (clients may override it with query parameters).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     #[arg(long, value_enum, default_value = "f32")]
@@ -64,14 +55,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
     let loaded = args.source.load(dtype, &device)?;
     eprintln!("model: {}", loaded.identity);
-    let defaults = if args.greedy {
-        GenConfig::greedy()
-    } else {
-        GenConfig {
-            text: SamplingConfig::sampled(args.text_temperature, args.text_top_k),
-            audio: SamplingConfig::sampled(args.temperature, args.top_k),
-        }
-    };
+    let defaults = args.sampling.gen_config();
     let cfg = ServerConfig {
         host: args.host,
         port: args.port,

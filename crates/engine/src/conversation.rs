@@ -68,6 +68,20 @@ pub struct Conversation {
 }
 
 impl Conversation {
+    /// Fresh Mimi states around an LM state of B rows.
+    fn new(lm: LmGenState, repeat_first_frame: bool) -> Self {
+        let batch = lm.batch();
+        Self {
+            batch,
+            enc: EncoderState::default(),
+            dec: DecoderState::default(),
+            lm,
+            frames: 0,
+            repeat_first_frame,
+            dec_fresh: vec![false; batch],
+        }
+    }
+
     /// Frames consumed so far.
     pub fn frames(&self) -> usize {
         self.frames
@@ -149,15 +163,7 @@ impl Moshi {
         if batch == 0 {
             return Err(EngineError::InvalidInput("a batch of 0 conversations".into()));
         }
-        Ok(Conversation {
-            batch,
-            enc: EncoderState::default(),
-            dec: DecoderState::default(),
-            lm: self.lm.new_state(batch, cfg, seed)?,
-            frames: 0,
-            repeat_first_frame,
-            dec_fresh: vec![false; batch],
-        })
+        Ok(Conversation::new(self.lm.new_state(batch, cfg, seed)?, repeat_first_frame))
     }
 
     /// `batch` conversation slots for a server: rows start and restart one at a time
@@ -167,15 +173,7 @@ impl Moshi {
         if batch == 0 {
             return Err(EngineError::InvalidInput("0 conversation slots".into()));
         }
-        Ok(Conversation {
-            batch,
-            enc: EncoderState::default(),
-            dec: DecoderState::default(),
-            lm: self.lm.new_slots(batch)?,
-            frames: 0,
-            repeat_first_frame: false,
-            dec_fresh: vec![false; batch],
-        })
+        Ok(Conversation::new(self.lm.new_slots(batch)?, false))
     }
 
     /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).
