@@ -15,9 +15,10 @@ use crate::sources::MoshiSource;
 pub struct BenchArgs {
     #[command(flatten)]
     pub source: MoshiSource,
-    /// Conversations stepped together.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Conversations stepped together; a comma-separated list runs each size in turn with the
+    /// same model (one JSON line each; a size that fails, e.g. out of memory, reports the error).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
     /// Frames timed (80 ms each), after the warm-up.
     #[arg(long, default_value_t = 100)]
     pub frames: usize,
@@ -27,6 +28,16 @@ pub struct BenchArgs {
     pub device: DeviceArg,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
+    /// How the LM's KV cache stores keys and values.
+    #[arg(long, value_enum, default_value = "model")]
+    pub kv_cache: crate::model::KvCacheArg,
+    /// Step the rows as `serve` does: conversation slots, each started with its own seed.
+    #[arg(long)]
+    pub slots: bool,
+    /// Before timing, move every row this many steps deeper into its conversation (without
+    /// computing them), so that attention reads that much KV cache: 3000 is the 7B's full context.
+    #[arg(long, default_value_t = 0)]
+    pub context_fill: usize,
     /// Print only the JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,46 +77,94 @@ pub fn ascii_plot(times: &[f64], budget: f64) -> String {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (dev, dt) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
-    let loaded = args.source.load(dt, &dev)?;
+    let t0 = std::time::Instant::now();
+    let mut loaded = args.source.load(dt, &dev)?;
+    loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
+    eprintln!("model ready in {:.1} s: {}", t0.elapsed().as_secs_f64(), loaded.identity);
+    for &batch in &args.batch {
+        if let Err(e) = bench_batch(&args, &loaded, batch, &dev, dt) {
+            let msg = format!("{e:#}");
+            eprintln!("batch {batch}: {msg}");
+            println!("{}", serde_json::json!({"batch": batch, "error": msg, "kv_cache": format!("{:?}", args.kv_cache)}));
+        }
+    }
+    Ok(())
+}
+
+fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, dev: &candle_core::Device, dt: candle_core::DType) -> anyhow::Result<()> {
     let moshi = &loaded.moshi;
     let n = moshi.frame_size();
     let total = args.warmup + args.frames;
     let signal = test_signal(total * n);
-    let mut conv = moshi.conversations(args.batch, GenConfig::default(), 1, false)?;
+    let mut conv = if args.slots {
+        let mut c = moshi.slots(batch)?;
+        for row in 0..batch {
+            c.reset_row(row, GenConfig::default(), row as u64 + 1)?;
+        }
+        c
+    } else {
+        moshi.conversations(batch, GenConfig::default(), 1, false)?
+    };
     let mut times: Vec<StageTimes> = Vec::new();
     for f in 0..total {
-        let frame: Vec<f32> = (0..args.batch).flat_map(|_| signal[f * n..(f + 1) * n].iter().copied()).collect();
+        let frame: Vec<f32> = (0..batch).flat_map(|_| signal[f * n..(f + 1) * n].iter().copied()).collect();
         let out = moshi.step(&mut conv, &frame)?;
+        if f == 0 && args.context_fill > 0 {
+            conv.skip_context(args.context_fill);
+        }
         if f >= args.warmup {
             times.push(out.times);
         }
     }
     let budget = 1000.0 * n as f64 / moshi_engine::audio::MIMI_SAMPLE_RATE as f64;
     let col = |f: fn(&StageTimes) -> f64| times.iter().map(f).collect::<Vec<f64>>();
-    let stages = [("encode", col(|t| t.encode_ms)), ("lm", col(|t| t.lm_ms)), ("decode", col(|t| t.decode_ms)), ("total", col(|t| t.total_ms()))];
+    let stages = [
+        ("encode", col(|t| t.encode_ms)),
+        ("temporal", col(|t| t.temporal_ms)),
+        ("depformer", col(|t| t.depformer_ms)),
+        ("lm", col(|t| t.lm_ms)),
+        ("decode", col(|t| t.decode_ms)),
+        ("total", col(|t| t.total_ms())),
+    ];
+    let total_col = &stages[5].1;
     let mut json = serde_json::Map::new();
+    // Weight bandwidth: every LM weight but the embedding tables is read once per step.
+    let weight_bytes = moshi.lm.config().streamed_params() * dt.size_in_bytes();
+    let lm_med = pct(&stages[3].1, 0.5);
+    json.insert("lm_weight_gb".into(), serde_json::json!(weight_bytes as f64 / 1e9));
+    json.insert("lm_weight_bandwidth_tb_s".into(), serde_json::json!(weight_bytes as f64 / (lm_med * 1e-3) / 1e12));
+    json.insert("kv_cache_gb".into(), serde_json::json!(conv.cache_bytes() as f64 / 1e9));
+    json.insert("kv_cache".into(), serde_json::json!(format!("{:?}", args.kv_cache)));
+    json.insert("context_fill".into(), serde_json::json!(args.context_fill));
+    json.insert("slots".into(), serde_json::json!(args.slots));
+    if let Some((used, total)) = moshi_engine::device_memory(dev) {
+        json.insert("device_memory_used_gb".into(), serde_json::json!(used as f64 / 1e9));
+        json.insert("device_memory_total_gb".into(), serde_json::json!(total as f64 / 1e9));
+    }
+    let late = total_col.iter().filter(|&&t| t > budget).count();
+    json.insert("frames_over_budget".into(), serde_json::json!(late));
     for (name, v) in &stages {
         json.insert(
             format!("{name}_ms"),
             serde_json::json!({"median": pct(v, 0.5), "p90": pct(v, 0.9), "p99": pct(v, 0.99)}),
         );
     }
-    let med = pct(&stages[3].1, 0.5);
+    let med = pct(total_col, 0.5);
     json.insert("real_time_factor".into(), serde_json::json!(med / budget));
     for (k, v) in [("model", serde_json::json!(loaded.identity)), ("device", serde_json::json!(format!("{dev:?}"))), ("dtype", serde_json::json!(format!("{dt:?}")))] {
         json.insert(k.into(), v);
     }
-    for (k, v) in [("batch", args.batch), ("frames", args.frames), ("warmup", args.warmup)] {
+    for (k, v) in [("batch", batch), ("frames", args.frames), ("warmup", args.warmup)] {
         json.insert(k.into(), serde_json::json!(v));
     }
     if !args.json {
-        println!("{} on {dev:?} {dt:?}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, args.batch, args.frames, args.warmup);
+        println!("{} on {dev:?} {dt:?}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, batch, args.frames, args.warmup);
         println!("{:>8} {:>9} {:>9} {:>9}", "stage", "median", "p90", "p99");
         for (name, v) in &stages {
             println!("{name:>8} {:>9.2} {:>9.2} {:>9.2}", pct(v, 0.5), pct(v, 0.9), pct(v, 0.99));
         }
         println!("real-time factor (median total / {budget:.0} ms): {:.3}{}", med / budget, if med <= budget { "  (faster than real time)" } else { "  (slower than real time)" });
-        print!("{}", ascii_plot(&stages[3].1, budget));
+        print!("{}", ascii_plot(total_col, budget));
     }
     println!("{}", serde_json::Value::Object(json));
     Ok(())

@@ -37,6 +37,13 @@ pub enum LmCommand {
         device: DeviceArg,
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
+        /// How the KV cache stores keys and values.
+        #[arg(long, value_enum, default_value = "model")]
+        kv_cache: crate::model::KvCacheArg,
+        /// Before timing, move every row this many steps into its conversation (3000: the 7B's
+        /// full context, which attention then reads in full at every step).
+        #[arg(long, default_value_t = 0)]
+        context_fill: usize,
     },
     /// Check an LM checkpoint's names and shapes against a config from its header alone.
     Check {
@@ -70,7 +77,7 @@ pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LmCommand::Bench { layers, depformer_layers, steps, warmup, batch, config, device, dtype } => {
+        LmCommand::Bench { layers, depformer_layers, steps, warmup, batch, config, device, dtype, kv_cache, context_fill } => {
             let mut cfg = match config {
                 Some(p) => LmConfig::from_json_file(&p)?,
                 None => LmConfig::default(),
@@ -78,7 +85,7 @@ pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
             cfg.num_layers = layers;
             cfg.depformer_num_layers = depformer_layers;
             let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
-            bench(&cfg, batch, steps, warmup, &dev, dt)
+            bench(&cfg, batch, steps, warmup, &dev, dt, kv_cache.kind(), context_fill)
         }
     }
 }
@@ -87,25 +94,45 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
     dev.synchronize().context("device synchronize")
 }
 
-fn bench(cfg: &LmConfig, batch: usize, steps: usize, warmup: usize, dev: &Device, dtype: candle_core::DType) -> anyhow::Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn bench(
+    cfg: &LmConfig,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    dev: &Device,
+    dtype: candle_core::DType,
+    kv: moshi_engine::nn::attention::KvCacheKind,
+    context_fill: usize,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let weights = random_weights(cfg, dtype, dev)?;
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
-    let model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
+    let mut model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
+    model.set_kv_cache(kv);
     eprintln!("random full-width LM: {params} parameters ({} temporal layers) in {:.1} s", cfg.num_layers, t0.elapsed().as_secs_f64());
 
     // The whole step, as a conversation runs it (default sampling).
     let user = vec![5i64; batch * cfg.user_streams()];
     let mut st = model.new_state(batch, GenConfig::default(), 1)?;
     let mut step_ms = Vec::new();
+    let (mut temporal_ms, mut depformer_ms) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         let t = Instant::now();
-        model.step(&mut st, &user)?;
+        let out = model.step(&mut st, &user)?;
         sync(dev)?;
+        if i == 0 && context_fill > 0 {
+            st.skip_temporal(context_fill);
+        }
         if i >= warmup {
             step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            temporal_ms.push(out.temporal_ms);
+            depformer_ms.push(out.depformer_ms);
         }
     }
+    let memory = moshi_engine::device_memory(dev);
+    let cache_bytes = st.cache_bytes();
+    drop(st);
 
     // The breakdown: each temporal layer (timed between layer outputs), the heads, each
     // depformer step (projection, transformer, head).
@@ -113,6 +140,11 @@ fn bench(cfg: &LmConfig, batch: usize, steps: usize, warmup: usize, dev: &Device
     let (mut layer_ms, mut dep_ms) = (vec![Vec::new(); nl], vec![Vec::new(); cfg.dep_q]);
     let mut embed_head_ms = Vec::new();
     let mut state = TransformerState::default();
+    if context_fill > 0 {
+        // The same depth for the breakdown (a first step allocates the caches).
+        model.temporal().step(&Tensor::from_vec(vec![1i64; batch * cfg.num_streams()], (batch, cfg.num_streams(), 1), dev)?, &mut state, &mut |_, _| Ok(()))?;
+        state.skip(context_fill);
+    }
     let tokens = Tensor::from_vec(vec![1i64; batch * cfg.num_streams()], (batch, cfg.num_streams(), 1), dev)?;
     for i in 0..warmup + steps {
         let keep = i >= warmup;
@@ -151,8 +183,18 @@ fn bench(cfg: &LmConfig, batch: usize, steps: usize, warmup: usize, dev: &Device
     }
     let layer_med: Vec<f64> = layer_ms.iter().map(|v| round3(median(v))).collect();
     let dep_med: Vec<f64> = dep_ms.iter().map(|v| round3(median(v))).collect();
+    let weight_bytes = cfg.streamed_params() * dtype.size_in_bytes();
     let res = serde_json::json!({
         "step_ms_median": round3(median(&step_ms)),
+        "step_ms_p99": round3(percentile(&step_ms, 0.99)),
+        "temporal_ms_median": round3(median(&temporal_ms)),
+        "depformer_ms_median": round3(median(&depformer_ms)),
+        "weight_gb": weight_bytes as f64 / 1e9,
+        "weight_bandwidth_tb_s": round3(weight_bytes as f64 / (median(&step_ms) * 1e-3) / 1e12),
+        "kv_cache": format!("{kv:?}"),
+        "kv_cache_gb": cache_bytes as f64 / 1e9,
+        "context_fill": context_fill,
+        "device_memory_used_gb": memory.map(|m| m.0 as f64 / 1e9),
         "temporal_layer_ms_median": layer_med,
         "temporal_embed_and_heads_ms_median": round3(median(&embed_head_ms)),
         "depformer_step_ms_median": dep_med,

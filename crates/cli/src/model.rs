@@ -14,6 +14,25 @@ pub enum DeviceArg {
     Metal,
 }
 
+/// How the LM's streaming KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheArg {
+    /// The model's dtype (bf16 with `--dtype bf16`), as the reference.
+    Model,
+    /// 8-bit values with a scale per row, head and position: half of bf16's memory.
+    Int8,
+}
+
+impl KvCacheArg {
+    pub fn kind(self) -> moshi_engine::nn::attention::KvCacheKind {
+        use moshi_engine::nn::attention::KvCacheKind;
+        match self {
+            KvCacheArg::Model => KvCacheKind::Model,
+            KvCacheArg::Int8 => KvCacheKind::Int8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DtypeArg {
     F32,
@@ -72,7 +91,11 @@ impl SamplingArgs {
 pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
     Ok(match arg {
         DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::new_cuda(0).context("--device cuda (was moshi-rs built with --features cuda?)")?,
+        DeviceArg::Cuda => {
+            let d = Device::new_cuda(0).context("--device cuda (was moshi-rs built with --features cuda?)")?;
+            moshi_engine::prepare_device(&d);
+            d
+        }
         DeviceArg::Metal => Device::new_metal(0).context("--device metal (was moshi-rs built with --features metal?)")?,
     })
 }

@@ -45,11 +45,16 @@ pub struct RunArgs {
     pub device: DeviceArg,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
+    /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the
+    /// memory of bf16; its accuracy is in docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "model")]
+    pub kv_cache: crate::model::KvCacheArg,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
-    let loaded = args.source.load(dtype, &device)?;
+    let mut loaded = args.source.load(dtype, &device)?;
+    loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);
 

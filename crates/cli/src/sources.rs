@@ -20,7 +20,8 @@ pub const DEFAULT_REPO: &str = "kyutai/moshiko-pytorch-bf16";
 pub struct MoshiSource {
     /// `tiny` (embedded, random weights: a correctness anchor, not speech), a folder, or a Hugging
     /// Face repo id such as kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16. Default:
-    /// kyutai/moshiko-pytorch-bf16 when already cached, else tiny.
+    /// kyutai/moshiko-pytorch-bf16 when already cached, else tiny. `random` (or `random:LAYERS`):
+    /// the full-size architecture with random weights made on the device, for benchmarks.
     #[arg(long)]
     pub model: Option<String>,
     /// LM weights (safetensors, Kyutai's PyTorch or Candle layout), instead of --model.
@@ -70,7 +71,15 @@ fn hf_download(repo: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl MoshiSource {
+    /// Load the model; the device is synchronized before returning (the model may then be used
+    /// from another thread's stream: see `moshi_engine::prepare_device`).
     pub fn load(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
+        let loaded = self.load_unsynced(dtype, device)?;
+        device.synchronize().context("synchronizing the device after loading")?;
+        Ok(loaded)
+    }
+
+    fn load_unsynced(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
         if let Some(lm) = &self.lm_weights {
             if self.model.is_some() {
                 bail!("--model and --lm-weights exclude each other");
@@ -96,6 +105,14 @@ impl MoshiSource {
         }
         let (dir, identity) = match self.model.as_deref() {
             Some("tiny") => return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() }),
+            Some(m) if m == "random" || m.starts_with("random:") => {
+                let layers = match m.strip_prefix("random:") {
+                    Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--model random:LAYERS, got `{m}`"))?,
+                    None => 32,
+                };
+                let moshi = moshi_engine::random_model::build_on(layers, dtype, device)?;
+                return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });
+            }
             None => match hf_cached(DEFAULT_REPO) {
                 Some(dir) => (dir, format!("{DEFAULT_REPO} (cached)")),
                 None => {

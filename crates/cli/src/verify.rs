@@ -49,6 +49,9 @@ pub enum VerifyCommand {
         inject_fault_layer: Option<usize>,
         #[arg(long, default_value_t = 1e-2)]
         fault_scale: f64,
+        /// KV cache kinds to stream the LM with (comma-separated), each compared with the CPU.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "model")]
+        kv_cache: Vec<crate::model::KvCacheArg>,
     },
 }
 
@@ -91,7 +94,8 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             let fault = inject_fault.as_deref().map(str::parse::<moshi_engine::verify::ops::Fault>).transpose()?;
             report("verify ops", &moshi_engine::verify::ops::run(&dev, fault)?)
         }
-        VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale } => {
+        VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale, kv_cache } => {
+            let kv_cache: Vec<_> = kv_cache.into_iter().map(crate::model::KvCacheArg::kind).collect();
             let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             let cpu = candle_core::Device::Cpu;
             let (reference, dut, identity) = match source.model.as_deref().and_then(|m| m.strip_prefix("random")) {
@@ -102,8 +106,11 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
                         None if rest.is_empty() => 2,
                         None => bail!("--model random or random:LAYERS"),
                     };
-                    let w = moshi_engine::random_model::RandomMoshi::new(layers)?;
-                    (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?, format!("random full-size, {layers} temporal layers"))
+                    let t0 = std::time::Instant::now();
+                    let w = moshi_engine::random_model::RandomMoshi::new_on(layers, &dev)?;
+                    let (r, d) = (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?);
+                    eprintln!("random weights drawn on {dev:?} and built twice in {:.1} s", t0.elapsed().as_secs_f64());
+                    (r, d, format!("random full-size, {layers} temporal layers"))
                 }
                 None => {
                     let r = source.load(candle_core::DType::F32, &cpu)?;
@@ -113,7 +120,8 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             };
             eprintln!("model: {identity}; {dev:?} {dt:?} against CPU F32, {frames} frames");
             let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
-            let checks = moshi_engine::verify::model::run(&reference, &dut, frames, Tolerances::for_dtype(dt), fault)?;
+            let mut dut = dut;
+            let checks = moshi_engine::verify::model::run(&reference, &mut dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
             report("verify model", &checks)
         }
     }

@@ -30,6 +30,10 @@ pub struct StageTimes {
     pub encode_ms: f64,
     pub lm_ms: f64,
     pub decode_ms: f64,
+    /// The LM's two parts (their sum is `lm_ms` less bookkeeping; with a repeated first frame,
+    /// the second call's): the temporal model up to the sampled text token, the depformer's steps.
+    pub temporal_ms: f64,
+    pub depformer_ms: f64,
 }
 
 impl StageTimes {
@@ -88,6 +92,17 @@ impl Conversation {
     }
 
     /// LM steps taken so far (one more than `frames` when the first frame was given twice).
+    /// Advance the LM's temporal KV caches by `steps` positions without computing them, as if
+    /// every row were that much deeper into its conversation (benchmarks at the full context).
+    pub fn skip_context(&mut self, steps: usize) {
+        self.lm.skip_temporal(steps);
+    }
+
+    /// Bytes held by the LM's temporal KV caches.
+    pub fn cache_bytes(&self) -> usize {
+        self.lm.cache_bytes()
+    }
+
     pub fn lm_steps(&self) -> usize {
         self.lm.step_index()
     }
@@ -224,7 +239,7 @@ impl Moshi {
             text,
             ready: out.ready,
             tokens: out.tokens,
-            times: StageTimes { encode_ms, lm_ms, decode_ms },
+            times: StageTimes { encode_ms, lm_ms, decode_ms, temporal_ms: out.temporal_ms, depformer_ms: out.depformer_ms },
         })
     }
 }

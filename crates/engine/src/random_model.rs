@@ -53,8 +53,14 @@ pub struct RandomMoshi {
 
 impl RandomMoshi {
     pub fn new(layers: usize) -> Result<Self> {
+        Self::new_on(layers, &Device::Cpu)
+    }
+
+    /// As `new`, the LM's f32 weights drawn on `device` (a GPU draws the 7B's 7.7 G values in
+    /// a second; the CPU takes minutes), built from there on every device.
+    pub fn new_on(layers: usize, device: &Device) -> Result<Self> {
         let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
-        let lm = crate::lm::random::random_weights(&lm_config, DType::F32, &Device::Cpu)?;
+        let lm = crate::lm::random::random_weights(&lm_config, DType::F32, device)?;
         Ok(Self { lm_config, lm, mimi: mimi_tensors()? })
     }
 
@@ -64,4 +70,14 @@ impl RandomMoshi {
         let lm = LmModel::from_tensors(&self.lm_config, self.lm.clone(), dtype, device)?;
         Moshi::new(mimi, lm, Tokenizer::synthetic(self.lm_config.text_card)?)
     }
+}
+
+/// A full-size Moshi with random weights made directly on `device` (the LM in `dtype`, drawn
+/// there: 15 GB of bf16 for the 7B in seconds on a GPU; Mimi in f32), for benchmarks, where the
+/// values do not matter but the shapes do. Not reproducible across devices.
+pub fn build_on(layers: usize, dtype: DType, device: &Device) -> Result<Moshi> {
+    let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
+    let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(mimi_tensors()?, DType::F32, device))?;
+    let lm = LmModel::from_tensors(&lm_config, crate::lm::random::random_weights(&lm_config, dtype, device)?, dtype, device)?;
+    Moshi::new(mimi, lm, Tokenizer::synthetic(lm_config.text_card)?)
 }

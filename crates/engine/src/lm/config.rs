@@ -188,6 +188,17 @@ impl LmConfig {
         t
     }
 
+    /// Parameters a streaming step reads in full: every weight except the embedding tables (a
+    /// step gathers a few of their rows). Times the dtype's size over a step's time, this is the
+    /// achieved weight bandwidth.
+    pub fn streamed_params(&self) -> usize {
+        self.pytorch_layout_tensors()
+            .iter()
+            .filter(|(n, _)| !n.contains("emb"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
     /// Every tensor of a checkpoint in Kyutai's released PyTorch layout, with its shape: per-step
     /// depformer attention projections stacked along dim 0, FFNs as `gating.{k}`.
     pub fn pytorch_layout_tensors(&self) -> Vec<(String, Vec<usize>)> {

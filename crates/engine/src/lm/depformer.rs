@@ -117,6 +117,21 @@ impl Depformer {
         Ok(self.heads[k].forward(&y)?)
     }
 
+    /// As `step`, with the previous token given as `token + 1` u32 [B, 1] (see
+    /// `ZeroableEmbedding::forward_shifted`): the generation loop's form, made on the host.
+    pub fn step_shifted(&self, k: usize, out: &Tensor, prev_shifted: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
+        if k >= self.steps() || state.offset() != k {
+            return Err(EngineError::Streaming(format!(
+                "depformer step {k} called after {} steps of a {}-step frame",
+                state.offset(),
+                self.steps()
+            )));
+        }
+        let x = (self.inputs[k].forward(out)? + self.embs[k].forward_shifted(prev_shifted)?)?;
+        let y = self.transformer.step(&x, state)?;
+        Ok(self.heads[k].forward(&y)?)
+    }
+
     /// Every step of every position at once (the reference's training path): `out` [B, T, dim],
     /// `tokens` [B, K, T] the token each step reads. Returns logits [B, K, T, card].
     pub fn forward_all(&self, out: &Tensor, tokens: &Tensor) -> Result<Tensor> {

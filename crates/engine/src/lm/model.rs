@@ -143,6 +143,11 @@ impl LmModel {
         self.layout
     }
 
+    /// Store the temporal model's streaming KV cache in `kind` (states made from now on).
+    pub fn set_kv_cache(&mut self, kind: crate::nn::attention::KvCacheKind) {
+        self.temporal.set_kv_cache(kind);
+    }
+
     pub fn temporal(&self) -> &Temporal {
         &self.temporal
     }
@@ -187,6 +192,15 @@ impl LmModel {
     pub fn delay_streams(&self, codes: &Tensor) -> Result<Tensor> {
         let (b, k, t) = codes.dims3()?;
         let v = codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        // Checked here, on the host: the embeddings of other devices gather without a check.
+        for s in 0..k.min(self.cfg.num_streams()) {
+            let rows = self.initial_token(s) + 1;
+            for bi in 0..b {
+                if let Some(bad) = v[(bi * k + s) * t..(bi * k + s + 1) * t].iter().find(|&&c| c < -1 || c >= rows) {
+                    return Err(EngineError::InvalidInput(format!("stream {s}: token {bad} outside [-1, {rows})")));
+                }
+            }
+        }
         let mut out = vec![0i64; b * k * (t + 1)];
         for bi in 0..b {
             for s in 0..k {

@@ -12,32 +12,118 @@ use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig, Transforme
 use crate::nn::{linear_no_bias, Linear};
 use crate::weights::get_checked;
 
-/// An embedding table where token −1 contributes zero (the reference's "nothing here").
+/// An embedding table where token −1 contributes zero (the reference's "nothing here"). The
+/// table is kept with a zero row in front, so that the lookup is one gather of `token + 1` with
+/// no host round trip (the range check needs the tokens on the host: it runs on the CPU only;
+/// on other devices the callers' tokens are checked where they are made).
 #[derive(Debug, Clone)]
 pub struct ZeroableEmbedding {
-    /// [card + 1, dim]
+    /// [1 + rows, dim], row 0 zero.
     table: Tensor,
+    rows: usize,
+}
+
+/// `table` [rows, dim] with a zero row in front.
+fn with_zero_row(table: &Tensor) -> Result<Tensor> {
+    let z = Tensor::zeros((1, table.dim(1)?), table.dtype(), table.device())?;
+    Ok(Tensor::cat(&[&z, table], 0)?)
+}
+
+/// Refuse tokens outside [−1, rows) when they are on the host already.
+fn check_tokens(tokens: &Tensor, rows: usize, what: &str) -> Result<()> {
+    if tokens.device().is_cpu() {
+        let v = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        if let Some(bad) = v.iter().find(|&&x| x < -1 || x >= rows as i64) {
+            return Err(EngineError::InvalidInput(format!("{what}token {bad} outside [-1, {rows})")));
+        }
+    }
+    Ok(())
 }
 
 impl ZeroableEmbedding {
     pub fn new(rows: usize, dim: usize, vb: &VarBuilder) -> Result<Self> {
-        Ok(Self { table: get_checked(vb, &[rows, dim], "weight")? })
+        Ok(Self { table: with_zero_row(&get_checked(vb, &[rows, dim], "weight")?)?, rows })
     }
 
-    /// `tokens` [B, T] (i64, −1 allowed) → [B, T, dim].
+    /// `tokens` [B, T] (−1 allowed) → [B, T, dim].
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        let (b, t) = tokens.dims2()?;
-        let rows = self.table.dim(0)? as i64;
-        let ids = tokens.to_dtype(DType::I64)?.flatten_all()?;
-        let v = ids.to_vec1::<i64>()?;
-        if let Some(bad) = v.iter().find(|&&x| x < -1 || x >= rows) {
-            return Err(EngineError::InvalidInput(format!("token {bad} outside [-1, {rows})")));
+        tokens.dims2()?;
+        check_tokens(tokens, self.rows, "")?;
+        let ids = (tokens.to_dtype(DType::F32)? + 1.0)?.to_dtype(DType::U32)?;
+        self.forward_shifted(&ids)
+    }
+
+    /// As `forward`, from `token + 1` as u32 [B, T] (0: nothing), made on the host by a caller
+    /// that has the tokens there (one upload, no conversions on the device). Not range-checked.
+    pub fn forward_shifted(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?)
+    }
+}
+
+/// The temporal model's K input embeddings (text, then each audio stream) in one table, each
+/// with its zero row in front, so that a step's K lookups are one gather and one sum.
+#[derive(Debug, Clone)]
+pub struct StreamEmbeddings {
+    /// [Σ (1 + rows_k), dim]
+    table: Tensor,
+    rows: Vec<usize>,
+    /// [1, K, 1] f32: 1 + the first row of stream k's table.
+    shift: Tensor,
+}
+
+impl StreamEmbeddings {
+    /// `tables[k]`: stream k's [rows_k, dim] table.
+    pub fn new(tables: &[Tensor]) -> Result<Self> {
+        let parts = tables.iter().map(with_zero_row).collect::<Result<Vec<_>>>()?;
+        let rows: Vec<usize> = tables.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+        let mut first = 0usize;
+        let mut shift = Vec::with_capacity(rows.len());
+        for r in &rows {
+            shift.push((first + 1) as f32);
+            first += r + 1;
         }
-        let keep: Vec<f32> = v.iter().map(|&x| if x < 0 { 0.0 } else { 1.0 }).collect();
-        let ids = ids.clamp(0i64, rows - 1)?.to_dtype(DType::U32)?;
-        let keep = Tensor::from_vec(keep, (b * t, 1), tokens.device())?.to_dtype(self.table.dtype())?;
-        let e = self.table.index_select(&ids, 0)?.broadcast_mul(&keep)?;
-        Ok(e.reshape((b, t, ()))?)
+        let device = tables[0].device();
+        let k = rows.len();
+        Ok(Self { table: Tensor::cat(&parts, 0)?, rows, shift: Tensor::from_vec(shift, (1, k, 1), device)? })
+    }
+
+    /// One step's tokens on the host ([B, K] row-major, −1: nothing), checked there and
+    /// uploaded once as table rows → [B, 1, dim] (the streaming step's form).
+    pub fn forward_host(&self, tokens: &[i64], b: usize, device: &candle_core::Device) -> Result<Tensor> {
+        let k = self.rows.len();
+        if tokens.len() != b * k {
+            return Err(EngineError::InvalidInput(format!("{} tokens for {b} rows of {k} streams", tokens.len())));
+        }
+        let mut ids = Vec::with_capacity(b * k);
+        let mut first = 0usize;
+        let firsts: Vec<usize> = self.rows.iter().map(|r| { let f = first; first += r + 1; f }).collect();
+        for (i, &tok) in tokens.iter().enumerate() {
+            let s = i % k;
+            if tok < -1 || tok >= self.rows[s] as i64 {
+                return Err(EngineError::InvalidInput(format!("stream {s}: token {tok} outside [-1, {})", self.rows[s])));
+            }
+            ids.push((firsts[s] as i64 + tok + 1) as u32);
+        }
+        let ids = Tensor::from_vec(ids, b * k, device)?;
+        let e = self.table.index_select(&ids, 0)?.reshape((b, k, 1, ()))?;
+        let dtype = e.dtype();
+        Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
+    }
+
+    /// `tokens` [B, K, T] (−1: nothing) → Σ_k emb_k(tokens[:, k]) [B, T, dim], summed in f32.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, k, t) = tokens.dims3()?;
+        if k != self.rows.len() {
+            return Err(EngineError::InvalidInput(format!("{k} streams given, the model has {}", self.rows.len())));
+        }
+        for (i, &rows) in self.rows.iter().enumerate() {
+            check_tokens(&tokens.narrow(1, i, 1)?, rows, &format!("stream {i}: "))?;
+        }
+        let ids = tokens.to_dtype(DType::F32)?.broadcast_add(&self.shift)?.to_dtype(DType::U32)?.flatten_all()?;
+        let e = self.table.index_select(&ids, 0)?.reshape((b, k, t, ()))?;
+        let dtype = e.dtype();
+        Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
     }
 }
 
@@ -54,8 +140,8 @@ pub struct TemporalOut {
 
 #[derive(Debug, Clone)]
 pub struct Temporal {
-    text_emb: ZeroableEmbedding,
-    emb: Vec<ZeroableEmbedding>,
+    /// `text_emb` and `emb.{i}`.
+    embeddings: StreamEmbeddings,
     transformer: Transformer,
     out_norm: Norm,
     text_linear: Linear,
@@ -80,8 +166,13 @@ impl Temporal {
             rope: cfg.positional_embedding == "rope",
         };
         Ok(Self {
-            text_emb: ZeroableEmbedding::new(cfg.text_card + 1, d, &vb.pp("text_emb"))?,
-            emb: (0..cfg.n_q).map(|i| ZeroableEmbedding::new(cfg.card + 1, d, &vb.pp("emb").pp(i))).collect::<Result<_>>()?,
+            embeddings: {
+                let mut tables = vec![get_checked(&vb.pp("text_emb"), &[cfg.text_card + 1, d], "weight")?];
+                for i in 0..cfg.n_q {
+                    tables.push(get_checked(&vb.pp("emb").pp(i), &[cfg.card + 1, d], "weight")?);
+                }
+                StreamEmbeddings::new(&tables)?
+            },
             transformer: Transformer::new(&tcfg, vb.pp("transformer"))?,
             out_norm: Norm::new(NormKind::RmsNormF32, d, vb.pp("out_norm"))?,
             text_linear: linear_no_bias(d, cfg.text_card, &vb.pp("text_linear"))?,
@@ -91,15 +182,7 @@ impl Temporal {
     /// The summed embeddings of `tokens` [B, 1 + n_q, T] (text, then audio streams; −1
     /// contributes nothing).
     fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        let (_b, k, _t) = tokens.dims3()?;
-        if k != 1 + self.emb.len() {
-            return Err(EngineError::InvalidInput(format!("{k} streams given, the model has {}", 1 + self.emb.len())));
-        }
-        let mut x = self.text_emb.forward(&tokens.narrow(1, 0, 1)?.squeeze(1)?)?;
-        for (i, e) in self.emb.iter().enumerate() {
-            x = (x + e.forward(&tokens.narrow(1, i + 1, 1)?.squeeze(1)?)?)?;
-        }
-        Ok(x)
+        self.embeddings.forward(tokens)
     }
 
     fn head(&self, hidden: Tensor) -> Result<TemporalOut> {
@@ -130,8 +213,30 @@ impl Temporal {
         self.head(self.transformer.step_inspect(&self.embed(tokens)?, state, inspect)?)
     }
 
+    /// As `step`, for one step whose tokens ([B, K] row-major) are on the host: they are
+    /// checked and gathered with one upload (the generation loop's form).
+    pub fn step_host(
+        &self,
+        tokens: &[i64],
+        b: usize,
+        state: &mut TransformerState,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<TemporalOut> {
+        let x = self.embeddings.forward_host(tokens, b, &self.device())?;
+        self.head(self.transformer.step_inspect(&x, state, inspect)?)
+    }
+
     pub fn device(&self) -> candle_core::Device {
         self.text_linear.weight().device().clone()
+    }
+
+    /// How the streaming KV cache stores keys and values (see `KvCacheKind`).
+    pub fn set_kv_cache(&mut self, kind: crate::nn::attention::KvCacheKind) {
+        self.transformer.set_kv_cache(kind);
+    }
+
+    pub fn kv_cache(&self) -> crate::nn::attention::KvCacheKind {
+        self.transformer.kv_cache()
     }
 
     pub fn num_layers(&self) -> usize {

@@ -4,6 +4,8 @@
 
 pub mod attention;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod linear;
 pub mod norm;
 pub mod per_step;

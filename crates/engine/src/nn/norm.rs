@@ -21,7 +21,9 @@ pub enum NormKind {
 #[derive(Debug, Clone)]
 pub enum Norm {
     Layer(candle_nn::LayerNorm),
-    RmsF32 { alpha: Tensor, eps: f64 },
+    /// `alpha` in f32 for the CPU's op-by-op form; `alpha_model` in the model's dtype for
+    /// Candle's fused kernel on GPUs, which computes in f32 too (one launch instead of nine).
+    RmsF32 { alpha: Tensor, alpha_model: Tensor, eps: f64 },
 }
 
 impl Norm {
@@ -33,8 +35,8 @@ impl Norm {
                 Norm::Layer(candle_nn::LayerNorm::new(w, b, 1e-5))
             }
             NormKind::RmsNormF32 => {
-                let alpha = get_checked(&vb, &[1, 1, dim], "alpha")?.to_dtype(DType::F32)?;
-                Norm::RmsF32 { alpha: alpha.flatten_all()?, eps: 1e-8 }
+                let alpha_model = get_checked(&vb, &[1, 1, dim], "alpha")?.flatten_all()?;
+                Norm::RmsF32 { alpha: alpha_model.to_dtype(DType::F32)?, alpha_model, eps: 1e-8 }
             }
         })
     }
@@ -44,7 +46,10 @@ impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Norm::Layer(ln) => ln.forward(x),
-            Norm::RmsF32 { alpha, eps } => {
+            Norm::RmsF32 { alpha_model, eps, .. } if !x.device().is_cpu() && x.dtype() == alpha_model.dtype() => {
+                candle_nn::ops::rms_norm(&x.contiguous()?, alpha_model, *eps as f32)
+            }
+            Norm::RmsF32 { alpha, eps, .. } => {
                 let dtype = x.dtype();
                 let xf = x.to_dtype(DType::F32)?;
                 let var = (xf.sqr()?.mean_keepdim(D::Minus1)? + *eps)?;

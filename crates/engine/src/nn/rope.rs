@@ -38,27 +38,35 @@ impl Rope {
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_b, _h, t, _d) = x.dims4()?;
         let (cos, sin) = self.tables(offset, t, x.device())?;
-        self.rotate(x, &cos, &sin)
+        rotate(x, &cos, &sin)
     }
 
     /// As `apply`, each batch row b at its own positions from `offsets[b]` (rows of a batch
     /// that joined at different steps: tables [B, T, D/2]).
     pub fn apply_rows(&self, x: &Tensor, offsets: &[usize]) -> Result<Tensor> {
         let (b, _h, t, _d) = x.dims4()?;
-        let mut cos = Vec::with_capacity(b);
-        let mut sin = Vec::with_capacity(b);
-        for &o in offsets.iter().take(b) {
-            let (c, s) = self.tables(o, t, x.device())?;
+        let (cos, sin) = self.row_tables(&offsets[..b.min(offsets.len())], t, x.device())?;
+        rotate(x, &cos, &sin)
+    }
+
+    /// cos and sin tables [B, T, D/2], row b at positions from `offsets[b]`.
+    pub fn row_tables(&self, offsets: &[usize], t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let mut cos = Vec::with_capacity(offsets.len());
+        let mut sin = Vec::with_capacity(offsets.len());
+        for &o in offsets {
+            let (c, s) = self.tables(o, t, &Device::Cpu)?;
             cos.push(c);
             sin.push(s);
         }
         let (cos, sin) = (Tensor::stack(&cos, 0)?, Tensor::stack(&sin, 0)?);
-        self.rotate(x, &cos, &sin)
+        Ok((cos.to_device(device)?, sin.to_device(device)?))
     }
+}
 
-    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(candle_nn::rotary_emb::rope_i(&xf, cos, sin)?.to_dtype(dtype)?)
-    }
+/// Rotate `x` [B, H, T, D] with tables from `Rope::tables` ([T, D/2]) or `Rope::row_tables`
+/// ([B, T, D/2]); the rotation is computed in f32.
+pub fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?.contiguous()?;
+    Ok(candle_nn::rotary_emb::rope_i(&xf, cos, sin)?.to_dtype(dtype)?)
 }

@@ -9,7 +9,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{Attention, KvCache};
+use super::attention::{Attention, KvCache, KvCacheKind, StepCtx};
 use super::norm::{Norm, NormKind};
 use super::per_step::{PerStep, StepLayout};
 use super::rope::Rope;
@@ -89,6 +89,10 @@ impl Ffn {
             Ffn::Gelu { linear1, linear2 } => linear2.forward(&linear1.forward(x)?.gelu_erf()?)?,
             Ffn::GatedSilu { linear_in, linear_out, hidden } => {
                 let h = linear_in.forward(x)?;
+                #[cfg(feature = "cuda")]
+                if h.device().is_cuda() && h.dtype() == candle_core::DType::BF16 {
+                    return Ok(linear_out.forward(&super::cuda::silu_gate(&h)?)?);
+                }
                 let a = h.narrow(candle_core::D::Minus1, 0, *hidden)?;
                 let b = h.narrow(candle_core::D::Minus1, *hidden, *hidden)?;
                 linear_out.forward(&(candle_nn::ops::silu(&a)? * b)?)?
@@ -117,7 +121,6 @@ fn scaled(x: Tensor, scale: &Option<Tensor>) -> Result<Tensor> {
 impl Layer {
     fn new(cfg: &TransformerConfig, layout: &StepLayout) -> Result<Self> {
         let d = cfg.d_model;
-        let rope = cfg.rope.then(|| Rope::new(d / cfg.num_heads, cfg.max_period));
         let scale = |name: &str| -> Result<Option<Tensor>> {
             match (cfg.layer_scale, layout) {
                 (false, _) => Ok(None),
@@ -128,7 +131,7 @@ impl Layer {
         let norm = |name: &str| layout.shared_in_stacked(|vb| Norm::new(cfg.norm, d, vb.pp(name)));
         Ok(Self {
             norm1: norm("norm1")?,
-            attn: Attention::new(d, cfg.num_heads, cfg.context, rope, &layout.pp("self_attn"))?,
+            attn: Attention::new(d, cfg.num_heads, cfg.rope, &layout.pp("self_attn"))?,
             layer_scale_1: scale("layer_scale_1")?,
             norm2: norm("norm2")?,
             ffn: Ffn::load(cfg, layout)?,
@@ -136,16 +139,10 @@ impl Layer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        offset: usize,
-        cache: &mut KvCache,
-        capacity: Option<usize>,
-        starts: &[usize],
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache) -> Result<Tensor> {
+        let offset = ctx.offset;
         let n1 = self.norm1.apply(x, offset, |n, x| Ok(n.forward(x)?))?;
-        let a = self.attn.forward(&n1, offset, cache, capacity, starts)?;
+        let a = self.attn.forward(&n1, ctx, cache)?;
         let x = (x + scaled(a, &self.layer_scale_1)?)?;
         let n2 = self.norm2.apply(&x, offset, |n, x| Ok(n.forward(x)?))?;
         let f = self.ffn.apply(&n2, offset, |f, x| f.forward(x))?;
@@ -179,6 +176,21 @@ impl TransformerState {
         self.offset
     }
 
+    /// Bytes held by the KV caches.
+    pub fn cache_bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.bytes()).sum()
+    }
+
+    /// Advance every cache by `steps` positions without computing them (benchmarks: a state as
+    /// deep into a conversation as `steps` more steps would make it; the ring's contents are
+    /// whatever was written). Rows keep their starts.
+    pub fn skip(&mut self, steps: usize) {
+        self.offset += steps;
+        for c in &mut self.caches {
+            c.skip(steps);
+        }
+    }
+
     /// Forget the last `steps` steps so that they can be run again (their ring slots are then
     /// overwritten with the same positions). Only steps still held by the caches can be re-run.
     pub fn rewind(&mut self, steps: usize) {
@@ -198,6 +210,8 @@ impl TransformerState {
 pub struct Transformer {
     cfg: TransformerConfig,
     layers: Vec<Layer>,
+    rope: Option<Rope>,
+    kv: KvCacheKind,
 }
 
 impl Transformer {
@@ -209,7 +223,22 @@ impl Transformer {
     /// Weights in any [`StepLayout`] (the depformer's per-step weights).
     pub fn with_layout(cfg: &TransformerConfig, layout: &StepLayout) -> Result<Self> {
         let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, &layout.layer(i))).collect::<Result<_>>()?;
-        Ok(Self { cfg: cfg.clone(), layers })
+        let rope = cfg.rope.then(|| Rope::new(cfg.d_model / cfg.num_heads, cfg.max_period));
+        Ok(Self { cfg: cfg.clone(), layers, rope, kv: KvCacheKind::Model })
+    }
+
+    /// How streaming steps store keys and values (states made from now on).
+    pub fn set_kv_cache(&mut self, kind: KvCacheKind) {
+        self.kv = kind;
+    }
+
+    pub fn kv_cache(&self) -> KvCacheKind {
+        self.kv
+    }
+
+    fn ctx(&self, x: &Tensor, offset: usize, capacity: Option<usize>, starts: &[usize]) -> Result<StepCtx> {
+        let (b, t, _) = x.dims3()?;
+        StepCtx::new(b, t, offset, capacity, self.kv, starts, self.cfg.context, self.rope.as_ref(), x.device())
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -224,9 +253,10 @@ impl Transformer {
     /// As `forward`, calling `inspect(layer index, layer output)` after every layer; the
     /// output it returns replaces the layer's (for fault injection in `verify model`).
     pub fn forward_map(&self, x: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let ctx = self.ctx(x, 0, None, &[])?;
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = map(i, layer.forward(&x, 0, &mut KvCache::default(), None, &[])?)?;
+            x = map(i, layer.forward(&x, &ctx, &mut KvCache::default())?)?;
         }
         Ok(x)
     }
@@ -258,9 +288,10 @@ impl Transformer {
             state.caches = vec![KvCache::default(); self.layers.len()];
         }
         let t = x.dim(1)?;
+        let ctx = self.ctx(x, state.offset, capacity, &state.starts)?;
         let mut x = x.clone();
         for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {
-            x = layer.forward(&x, state.offset, cache, capacity, &state.starts)?;
+            x = layer.forward(&x, &ctx, cache)?;
             inspect(i, &x)?;
         }
         state.offset += t;

@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use super::Check;
 use crate::conversation::Moshi;
 use crate::error::Result;
+use crate::nn::attention::KvCacheKind;
+use crate::nn::transformer::TransformerState;
 
 /// A deliberate fault on the device side: temporal layer `layer`'s output scaled by `1 + scale`.
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +69,18 @@ fn argmax(t: &Tensor) -> Result<Tensor> {
 }
 
 /// Compare `dut` (the device under test) with `reference` (the same weights on the CPU, f32)
-/// over `frames` frames.
-pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault: Option<LayerFault>) -> Result<Vec<Check>> {
+/// over `frames` frames; then stream the LM on `dut` once per KV cache kind in `kv`.
+pub fn run(
+    reference: &Moshi,
+    dut: &mut Moshi,
+    frames: usize,
+    tol: Tolerances,
+    fault: Option<LayerFault>,
+    kv: &[KvCacheKind],
+) -> Result<Vec<Check>> {
     let mut out = Vec::new();
+    let clock = std::time::Instant::now();
+    let progress = |what: &str| eprintln!("verify model: {what} done at {:.1} s", clock.elapsed().as_secs_f64());
     let n = reference.frame_size();
     let signal = test_signal(frames * n);
     let cpu = Device::Cpu;
@@ -86,6 +97,7 @@ pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault
         out.push(Check::float_rel(g, name, &a.to_device(&cpu)?, b, tol.rel)?);
     }
     out.push(agreement(g, "codes (agreement)", &ed.codes.to_device(&cpu)?, &er.codes, tol.agreement)?);
+    progress("Mimi encode (CPU f32 and device)");
     let codes = er.codes.to_dtype(DType::I64)?; // [1, K, T]
     let g = "mimi decode";
     let (dr, dd) = (reference.mimi.decode_stages(&codes)?, dut.mimi.decode_stages(&codes.to_device(dut.mimi.device())?)?);
@@ -98,6 +110,7 @@ pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault
         out.push(Check::float_rel(g, name, &a.to_device(&cpu)?, b, tol.rel)?);
     }
 
+    progress("Mimi decode");
     // The LM, teacher-forced: text tokens pseudo-random, both audio sides the CPU's codes.
     let cfg = reference.lm.config();
     let t = codes.dim(2)?;
@@ -112,6 +125,7 @@ pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault
         ref_layers.push(x.clone());
         Ok(x)
     })?;
+    progress("LM teacher-forced on the CPU in f32");
     let mut dut_layers = Vec::new();
     let td = dut.lm.forward_teacher_map(&lm_codes.to_device(&dut.lm.temporal().device())?, &mut |i, x| {
         let x = match fault {
@@ -121,6 +135,7 @@ pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault
         dut_layers.push(x.clone());
         Ok(x)
     })?;
+    progress("LM teacher-forced on the device");
     let g = "lm temporal";
     for (i, (a, b)) in dut_layers.iter().zip(&ref_layers).enumerate() {
         out.push(Check::float_rel(g, &format!("layer {i}"), &a.to_device(&cpu)?, b, tol.rel)?);
@@ -131,5 +146,49 @@ pub fn run(reference: &Moshi, dut: &Moshi, frames: usize, tol: Tolerances, fault
     let g = "lm depformer";
     out.push(Check::float_rel(g, "logits", &td.depformer_logits.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
     out.push(agreement(g, "greedy audio (agreement)", &argmax(&td.depformer_logits)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
+
+    // The LM as conversations run it: streamed step by step through its KV cache (in each
+    // kind asked for), teacher-forced with the same tokens, against the CPU's whole sequence.
+    let original = dut.lm.temporal().kv_cache();
+    for &kind in kv {
+        dut.lm.set_kv_cache(kind);
+        let (text, audio) = stream_teacher(dut, &td.delayed_input, &td.depformer_tokens)?;
+        dut.lm.set_kv_cache(original);
+        let g = format!("lm streamed, {} KV cache", kind_name(kind));
+        out.push(Check::float_rel(&g, "text_logits", &text.to_device(&cpu)?, &tr.temporal.text_logits, tol.rel)?);
+        out.push(agreement(&g, "greedy text (agreement)", &argmax(&text)?, &argmax(&tr.temporal.text_logits)?, tol.agreement)?);
+        out.push(Check::float_rel(&g, "depformer logits", &audio.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
+        out.push(agreement(&g, "greedy audio (agreement)", &argmax(&audio)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
+        progress(&format!("LM streamed with the {} KV cache", kind_name(kind)));
+    }
     Ok(out)
+}
+
+fn kind_name(kind: KvCacheKind) -> &'static str {
+    match kind {
+        KvCacheKind::Model => "model-dtype",
+        KvCacheKind::Int8 => "8-bit",
+    }
+}
+
+/// Stream `moshi`'s LM over the delayed input [B, K, T] one step at a time (temporal KV cache,
+/// depformer reading `dep_tokens` [B, dep_q, T]): text logits [B, T, text_card] and depformer
+/// logits [B, dep_q, T, card], as `forward_teacher` lays them out.
+fn stream_teacher(moshi: &Moshi, input: &Tensor, dep_tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+    let lm = &moshi.lm;
+    let t = input.dim(2)?;
+    let mut state = TransformerState::default();
+    let (mut text, mut audio) = (Vec::with_capacity(t), Vec::with_capacity(t));
+    for p in 0..t {
+        let out = lm.temporal().step(&input.narrow(2, p, 1)?.contiguous()?, &mut state, &mut |_, _| Ok(()))?;
+        text.push(out.text_logits);
+        let mut ds = TransformerState::default();
+        let mut steps = Vec::with_capacity(lm.depformer().steps());
+        for k in 0..lm.depformer().steps() {
+            let prev = dep_tokens.narrow(1, k, 1)?.narrow(2, p, 1)?.squeeze(1)?.contiguous()?;
+            steps.push(lm.depformer().step(k, &out.out, &prev, &mut ds)?); // [B, 1, card]
+        }
+        audio.push(Tensor::stack(&steps, 1)?); // [B, dep_q, 1, card]
+    }
+    Ok((Tensor::cat(&text, 1)?, Tensor::cat(&audio, 2)?))
 }

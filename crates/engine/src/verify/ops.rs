@@ -36,7 +36,7 @@ use crate::error::{EngineError, Result};
 /// Every op checked, in table order. The group names are these followed by " f32" or " bf16".
 const OPS: &[&str] = &[
     "matmul", "linear", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
-    "rope", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
+    "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
 ];
 
 /// The op names `--inject-fault` accepts (each may carry a dtype: `softmax:bf16`).

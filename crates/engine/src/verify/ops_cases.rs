@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::lm::temporal::ZeroableEmbedding;
 use crate::nn::conv::{elu, ConvSpec, ConvState, ConvTrState, PadMode, StreamingConv1d, StreamingConvTr1d};
 use crate::nn::norm::Norm;
+use crate::nn::attention::{Attention, KvCache, KvCacheKind, StepCtx};
+use crate::nn::per_step::StepLayout;
 use crate::nn::rope::Rope;
 use crate::nn::Linear;
 
@@ -166,7 +168,7 @@ fn layer_norm(e: &mut Env, shape: [usize; 3], l: L) -> Result<Tensor> {
 
 fn rms_norm(e: &mut Env, shape: [usize; 3], l: L) -> Result<Tensor> {
     let alpha = (e.host(&[shape[2]], 0.2)? + 1.0)?;
-    let norm = Norm::RmsF32 { alpha: e.put_as(&alpha, DType::F32)?, eps: 1e-8 };
+    let norm = Norm::RmsF32 { alpha: e.put_as(&alpha, DType::F32)?, alpha_model: e.put(&alpha)?, eps: 1e-8 };
     Ok(norm.forward(&input(e, shape, 2.0, 0.5, l)?)?)
 }
 
@@ -195,6 +197,30 @@ fn planted(e: &mut Env, rows: usize, n: usize, transposed: bool) -> Result<Tenso
     } else {
         e.put(&h)
     }
+}
+
+/// Self-attention streamed one step at a time through a ring of 8 slots for 12 steps (the ring
+/// wraps), RoPE on, batch 2 whose row 1 restarts at step 5 (its older keys masked): on CUDA in
+/// bf16 this is our decode kernel (and the 8-bit write kernel), elsewhere Candle's ops.
+fn streamed_attention(e: &mut Env, dh: usize, kind: KvCacheKind) -> Result<Tensor> {
+    let (b, h, steps, cap) = (2, 2, 12, 8);
+    let d = h * dh;
+    let w_in = e.host(&[3 * d, d], 1.0 / (d as f32).sqrt())?;
+    let w_out = e.host(&[d, d], 1.0 / (d as f32).sqrt())?;
+    let attn = Attention::new(d, h, true, &StepLayout::Shared(e.vb(vec![("in_proj_weight", w_in), ("out_proj.weight", w_out)])?))?;
+    let rope = Rope::new(dh, 10_000.0);
+    let x = e.rand(&[b, steps, d], 1.0)?;
+    let mut cache = KvCache::default();
+    let mut starts = vec![0usize; b];
+    let mut ys = Vec::with_capacity(steps);
+    for p in 0..steps {
+        if p == 5 {
+            starts[1] = 5;
+        }
+        let ctx = StepCtx::new(b, 1, p, Some(cap), kind, &starts, cap, Some(&rope), e.device)?;
+        ys.push(attn.forward(&x.narrow(1, p, 1)?.contiguous()?, &ctx, &mut cache)?);
+    }
+    Ok(Tensor::cat(&ys, 1)?)
 }
 
 /// Ring [2, 3, 8, 16] of zeros; `writes` (start in the new keys, length, slot) as `KvCache`.
@@ -309,6 +335,10 @@ pub(super) fn all() -> Vec<Case> {
         f("rope", "offset 37", |e| rope(e, 37, false)),
         f("rope", "offset 37, QKV view", |e| rope(e, 37, true)),
         f("rope", "offset 3000", |e| rope(e, 3000, false)),
+        f("attention", "streamed, Dh 64, model-dtype cache", |e| streamed_attention(e, 64, KvCacheKind::Model)),
+        f("attention", "streamed, Dh 128, model-dtype cache", |e| streamed_attention(e, 128, KvCacheKind::Model)),
+        f("attention", "streamed, Dh 64, 8-bit cache", |e| streamed_attention(e, 64, KvCacheKind::Int8)),
+        f("attention", "streamed, Dh 128, 8-bit cache", |e| streamed_attention(e, 128, KvCacheKind::Int8)),
         // Embeddings and codebook lookups.
         x("embedding", "rows", |e| {
             let table = e.rand(&[50, 24], 1.0)?;

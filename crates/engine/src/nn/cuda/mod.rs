@@ -1,0 +1,180 @@
+//! Our CUDA kernels (`kernels.cu`, compiled to PTX by build.rs with the `cuda` feature) and their
+//! launches on Candle's stream. They exist for the streaming step, where Candle's generic ops
+//! cost one launch each (≈ 10 attention ops per layer at batch 1) and, for the 8-bit cache, would
+//! widen the whole cache to bf16 before every product:
+//!
+//! - `qkv_rope_write`: split the fused QKV projection of one step, rotate q and k (RoPE), write k
+//!   and v into their ring slot (bf16, or quantised to 8 bits with one f32 scale per row, head
+//!   and slot) and return q: one launch for Candle's eleven.
+//! - `decode_attention`: one query per row and head (T = 1) against the ring KV cache, read in
+//!   place (16-byte loads, several rows per warp), split over chunks of slots (flash-decoding)
+//!   and combined in a second launch; rows see only positions from their stream's start.
+//! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
+//!
+//! The CPU computes the same with Candle's ops (quantise/dequantise in `nn::attention`):
+//! `verify ops` compares the two on small cases (the `attention` and `silu` groups).
+
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, DType, Storage, Tensor};
+
+use crate::error::{EngineError, Result};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moshi_kernels.ptx"));
+const MODULE: &str = "moshi_kernels";
+/// Slots per chunk of `decode_attention` (≤ the kernel's CHUNK_MAX): enough chunks to fill the
+/// GPU at batch 1 (3000 slots, 32 heads → 384 blocks), few enough that the combine stays small.
+const CHUNK: usize = 256;
+const WARPS: u32 = 4;
+
+fn cuda_dev(t: &Tensor) -> Result<CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(d) => Ok(d.clone()),
+        d => Err(EngineError::InvalidInput(format!("a CUDA kernel was given a tensor on {d:?}"))),
+    }
+}
+
+/// The device address of a contiguous CUDA tensor's first element.
+fn ptr<T: CudaDType>(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
+    if !t.is_contiguous() {
+        return Err(EngineError::InvalidInput(format!("a CUDA kernel needs contiguous inputs, got strides {:?}", t.stride())));
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else {
+        return Err(EngineError::InvalidInput("a CUDA kernel was given a tensor not on the GPU".into()));
+    };
+    let slice = s.as_cuda_slice::<T>()?;
+    let stream = dev.cuda_stream();
+    let (p, _sync) = slice.device_ptr(&stream);
+    Ok(p + (layout.start_offset() * std::mem::size_of::<T>()) as u64)
+}
+
+fn alloc<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+    dev: &CudaDevice,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    // SAFETY: every element is written by the kernel that receives the buffer before it is read.
+    let slice = unsafe { dev.cuda_stream().alloc::<T>(n) }.map_err(candle_core::Error::wrap)?;
+    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    Ok(Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false))
+}
+
+fn launch_cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn head_dim_suffix(d: usize) -> Result<&'static str> {
+    match d {
+        64 => Ok("d64"),
+        128 => Ok("d128"),
+        _ => Err(EngineError::InvalidInput(format!("the CUDA attention kernels support head dims 64 and 128, not {d}"))),
+    }
+}
+
+/// The ring cache as the kernels read it: [B, H, cap, D] keys and values (bf16, or u8 holding
+/// q + 128 with f32 scales [B, H, cap]).
+pub struct RingView<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub scales: Option<(&'a Tensor, &'a Tensor)>,
+    /// Slots written so far (≤ cap) and the newest position.
+    pub filled: usize,
+    pub last: i64,
+}
+
+/// softmax(q·kᵀ · scale) · v for one query per row and head: q [B, H, 1, D] bf16, `starts` [B]
+/// i64 (the first position each row may see). Returns [B, H, 1, D] bf16.
+pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, scale: f32) -> Result<Tensor> {
+    let dev = cuda_dev(q)?;
+    let (b, h, _, d) = q.dims4()?;
+    let cap = ring.k.dim(2)?;
+    let nsplit = ring.filled.div_ceil(CHUNK).max(1);
+    let part = alloc::<f32>(&dev, &[b * h, nsplit, d + 2])?;
+    let y = alloc::<half::bf16>(&dev, &[b, h, 1, d])?;
+    let suffix = head_dim_suffix(d)?;
+    let (kind, ks, vs) = match ring.scales {
+        None => ("bf16", 0u64, 0u64),
+        Some((ks, vs)) => ("i8", ptr::<f32>(ks, &dev)?, ptr::<f32>(vs, &dev)?),
+    };
+    let (kp, vp) = match ring.scales {
+        None => (ptr::<half::bf16>(ring.k, &dev)?, ptr::<half::bf16>(ring.v, &dev)?),
+        Some(_) => (ptr::<u8>(ring.k, &dev)?, ptr::<u8>(ring.v, &dev)?),
+    };
+    let (qp, sp, pp, yp) = (ptr::<half::bf16>(q, &dev)?, ptr::<i64>(starts, &dev)?, ptr::<f32>(&part, &dev)?, ptr::<half::bf16>(&y, &dev)?);
+    let (hh, capi, filled, chunk, ns) = (h as i32, cap as i32, ring.filled as i32, CHUNK as i32, nsplit as i32);
+    let last = ring.last;
+    let f = dev.get_or_load_custom_func(&format!("attn_partial_{kind}_{suffix}"), MODULE, PTX)?;
+    let mut l = f.builder();
+    l.arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&sp).arg(&pp);
+    l.arg(&hh).arg(&capi).arg(&filled).arg(&last).arg(&chunk).arg(&scale);
+    // SAFETY: the argument list matches the kernel's signature; every pointer is a live buffer of
+    // the size the kernel indexes (checked shapes above).
+    unsafe { l.launch(launch_cfg(((b * h) as u32, nsplit as u32), 32 * WARPS)) }.map_err(candle_core::Error::wrap)?;
+    let f = dev.get_or_load_custom_func(&format!("attn_combine_{suffix}"), MODULE, PTX)?;
+    let mut l = f.builder();
+    l.arg(&pp).arg(&yp).arg(&ns);
+    // SAFETY: as above.
+    unsafe { l.launch(launch_cfg(((b * h) as u32, 1), d as u32)) }.map_err(candle_core::Error::wrap)?;
+    Ok(y)
+}
+
+/// One streaming step's fused QKV projection output qkv [B, 1, 3·H·D] bf16 → the rotated queries
+/// [B, H, 1, D] bf16, with the rotated keys and the values written into slot `slot` of the ring
+/// (one launch for what Candle does in eleven: split copies, RoPE with its dtype conversions,
+/// the two cache writes). `rope`: cos, sin [1 or B, 1, D/2] f32 (None: no rotation).
+pub fn qkv_rope_write(qkv: &Tensor, heads: usize, rope: Option<&(Tensor, Tensor)>, ring: &RingView, slot: usize) -> Result<Tensor> {
+    let dev = cuda_dev(qkv)?;
+    let (b, t, three_d) = qkv.dims3()?;
+    let d = three_d / (3 * heads);
+    if t != 1 || qkv.dtype() != DType::BF16 || three_d != 3 * heads * d {
+        return Err(EngineError::InvalidInput(format!("qkv_rope_write: qkv {:?} {:?}, {heads} heads", qkv.dims(), qkv.dtype())));
+    }
+    let cap = ring.k.dim(2)?;
+    let suffix = head_dim_suffix(d)?;
+    let q = alloc::<half::bf16>(&dev, &[b, heads, 1, d])?;
+    let (cos, sin, rows) = match rope {
+        Some((c, s)) => (ptr::<f32>(c, &dev)?, ptr::<f32>(s, &dev)?, (c.elem_count() / (d / 2)) as i32),
+        None => (0u64, 0u64, 1i32),
+    };
+    let (kind, kp, vp, ks, vs) = match ring.scales {
+        None => ("bf16", ptr::<half::bf16>(ring.k, &dev)?, ptr::<half::bf16>(ring.v, &dev)?, 0u64, 0u64),
+        Some((ks, vs)) => ("i8", ptr::<u8>(ring.k, &dev)?, ptr::<u8>(ring.v, &dev)?, ptr::<f32>(ks, &dev)?, ptr::<f32>(vs, &dev)?),
+    };
+    let (xp, qp) = (ptr::<half::bf16>(&qkv.contiguous()?, &dev)?, ptr::<half::bf16>(&q, &dev)?);
+    let (hh, capi, sloti) = (heads as i32, cap as i32, slot as i32);
+    let f = dev.get_or_load_custom_func(&format!("qkv_rope_{kind}_{suffix}"), MODULE, PTX)?;
+    let mut l = f.builder();
+    l.arg(&xp).arg(&cos).arg(&sin).arg(&rows).arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&hh).arg(&capi).arg(&sloti);
+    // SAFETY: as in `decode_attention`.
+    unsafe { l.launch(launch_cfg(((b * heads) as u32, 1), (d / 2) as u32)) }.map_err(candle_core::Error::wrap)?;
+    Ok(q)
+}
+
+/// silu(h[.., :F]) · h[.., F:] for h [.., 2F] bf16 (the gated FFN), in one launch.
+pub fn silu_gate(h: &Tensor) -> Result<Tensor> {
+    let dev = cuda_dev(h)?;
+    let dims = h.dims().to_vec();
+    let two_f = *dims.last().ok_or_else(|| EngineError::InvalidInput("silu_gate of a scalar".into()))?;
+    let (f, n) = (two_f / 2, h.elem_count() / two_f);
+    let mut out_dims = dims.clone();
+    *out_dims.last_mut().expect("non-empty") = f;
+    let out = alloc::<half::bf16>(&dev, &out_dims)?;
+    let h = h.contiguous()?;
+    let (hp, op) = (ptr::<half::bf16>(&h, &dev)?, ptr::<half::bf16>(&out, &dev)?);
+    let (ni, fi) = (n as i32, f as i32);
+    let total = (n * f) as u32;
+    let func = dev.get_or_load_custom_func("silu_gate_bf16", MODULE, PTX)?;
+    let mut l = func.builder();
+    l.arg(&hp).arg(&op).arg(&ni).arg(&fi);
+    // SAFETY: as in `decode_attention`.
+    unsafe { l.launch(launch_cfg((total.div_ceil(256), 1), 256)) }.map_err(candle_core::Error::wrap)?;
+    Ok(out)
+}
+
+/// Device memory (used, total) in bytes, as the driver reports it.
+pub fn memory(dev: &CudaDevice) -> Result<(usize, usize)> {
+    let (free, total) = dev.cuda_stream().context().mem_get_info().map_err(candle_core::Error::wrap)?;
+    Ok((total - free, total))
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One device call on the H200 (see ../shared/GPU.md and docs/benchmarks.md): issue 6's figures.
+# Expects the stripped CUDA build at .device/moshi-rs(.gz) and the reference wheel
+# .device/moshi-0.2.13-py3-none-any.whl (`pip download --no-deps moshi==0.2.13 -d .device`),
+# carried with `carry: [".device"]`. Writes every output under $OUT. PARTS picks what runs:
+#   ops      verify ops --device cuda
+#   b1       batch 1: LM bench (breakdown) and the whole pipeline, model-dtype and 8-bit KV cache
+#   ref      the reference, batch 1 (and REF_BATCH), same call
+#   sweep    conversations per GPU: the serve step (slots) at the full 3000-step context
+#   model    verify model on the full-size random model (CPU f32 reference), bf16 + 8-bit KV
+set -uo pipefail
+B=${B:-.device/moshi-rs}
+OUT=${OUT:-/tmp/out}
+PARTS=${PARTS:-ops b1 ref}
+FRAMES=${FRAMES:-100}
+mkdir -p "$OUT"
+[ -f "$B.gz" ] && gunzip -f "$B.gz"
+chmod +x "$B"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+date -u +%FT%TZ > "$OUT/date.txt"
+run() { # name, args...
+  local name=$1; shift
+  local t0=$(date +%s)
+  timeout "${LIMIT:-300}" "$B" "$@" > "$OUT/$name.txt" 2>&1
+  echo "== $name: rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -hE "FAIL|checks passed|checks failed|Error|error" "$OUT/$name.txt" | head -8
+}
+for part in $PARTS; do case $part in
+ops)
+  run verify_ops verify ops --device cuda ;;
+b1)
+  run lm_bench_b1 lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10
+  grep "^{" "$OUT/lm_bench_b1.txt" | tail -c 700; echo
+  run bench_b1 bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --json
+  grep "^{" "$OUT/bench_b1.txt"
+  run bench_b1_int8 bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --kv-cache int8 --json
+  grep "^{" "$OUT/bench_b1_int8.txt" ;;
+ref)
+  python3 -m pip install --no-deps --quiet .device/moshi-0.2.13-py3-none-any.whl 2>&1 | tail -3
+  t0=$(date +%s)
+  NO_TORCH_COMPILE=${NO_TORCH_COMPILE:-1} python3 tools/bench/reference_gpu.py --batch "${REF_BATCH:-1}" --frames "$FRAMES" --warmup 10 \
+    > "$OUT/reference.txt" 2>&1
+  echo "== reference: rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^\{|Error" "$OUT/reference.txt" ;;
+sweep)
+  run sweep_int8 bench --model random --device cuda --dtype bf16 --slots --context-fill 3000 --kv-cache int8 \
+    --batch "${SWEEP:-1,8,32,64,80,96,128,160}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
+  grep "^{" "$OUT/sweep_int8.txt"
+  run sweep_bf16 bench --model random --device cuda --dtype bf16 --slots --context-fill 3000 --kv-cache model \
+    --batch "${SWEEP_BF16:-1,8,32,64,80}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
+  grep "^{" "$OUT/sweep_bf16.txt" ;;
+model)
+  LIMIT=${VERIFY_LIMIT:-300} run verify_model_7b verify model --model random:32 --device cuda --dtype bf16 \
+    --frames "${VERIFY_FRAMES:-100}" --kv-cache model,int8
+  tail -45 "$OUT/verify_model_7b.txt" ;;
+esac; done
