@@ -426,6 +426,42 @@ fn transformer_multi_step_chunks_beyond_context_differ_from_batch() {
     );
 }
 
+/// (e) The 8-bit KV cache: each position is quantised on its own (one scale per row, head and
+/// position), so any chunking streams to the same result; against the full-precision batch the
+/// error is the quantisation's (≤ max|x|/254 per cached value), visible but small.
+#[test]
+fn transformer_int8_kv_cache_streams_close_to_batch() {
+    use moshi_engine::nn::attention::{dequantize_i8, quantize_i8, KvCacheKind};
+    let cfg = mimi_like_config(32);
+    let mut tf = transformer(&cfg, 40);
+    let x = Rng::new(7).tensor(&[2, 15, cfg.d_model], 1.0);
+    let batch = tf.forward(&x).unwrap();
+    tf.set_kv_cache(KvCacheKind::Int8);
+    let mut state = TransformerState::default();
+    let one = stream(&x, 1, 1, |c| tf.step(c, &mut state)).unwrap();
+    let mut state = TransformerState::default();
+    let five = stream(&x, 1, 5, |c| tf.step(c, &mut state)).unwrap();
+    let chunking = max_err(&five, &one).unwrap();
+    let quant = max_err(&one, &batch).unwrap();
+    eprintln!("8-bit KV: chunk 5 vs 1 {chunking:.2e}, vs full-precision batch {quant:.2e}");
+    assert!(chunking <= TOL, "8-bit KV cache: chunking changed the result by {chunking:.3e}");
+    assert!(quant > 1e-5, "8-bit KV cache: no quantisation error at all ({quant:.3e}): is the cache really 8-bit?");
+    assert!(quant < 2e-2, "8-bit KV cache: error {quant:.3e} against the full-precision batch");
+
+    // The quantiser itself: per-vector error within half a step (max|x| / 254), zeros exact.
+    let v = Rng::new(8).tensor(&[3, 5, 16], 2.0);
+    let v = Tensor::cat(&[&v, &Tensor::zeros((3, 1, 16), DType::F32, &Device::Cpu).unwrap()], 1).unwrap();
+    let (q, scale) = quantize_i8(&v).unwrap();
+    assert_eq!((q.dtype(), scale.dims()), (DType::U8, &[3usize, 6][..]));
+    let back = dequantize_i8(&q, &scale).unwrap();
+    let amax = v.abs().unwrap().max_keepdim(2).unwrap();
+    let worst = ((back - &v).unwrap().abs().unwrap().broadcast_div(&(amax + 1e-30).unwrap()).unwrap())
+        .max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(worst <= 0.5 / 127.0 + 1e-6, "8-bit round trip: error {worst:.3e} of max|x|");
+    let zeros = vec_of(&dequantize_i8(&q.narrow(1, 5, 1).unwrap(), &scale.narrow(1, 5, 1).unwrap()).unwrap());
+    assert!(zeros.iter().all(|&z| z == 0.0), "a zero vector must round-trip exactly");
+}
+
 /// (d) A fresh `TransformerState` starts a new stream: same output as the very first call.
 #[test]
 fn transformer_state_reset() {
