@@ -219,6 +219,10 @@ impl Module for Linear {
             return Tensor::from_vec(y, out_dims, x.device())?.to_dtype(x.dtype());
         }
         let w = self.weight.t()?;
+        // Candle folds a contiguous [.., m, k] input into one 2-D product; a strided one (e.g. a
+        // narrowed position, as `PerStep` feeds the depformer) would make it broadcast and copy
+        // the whole weight once per batch row. Activations are small: copy them instead.
+        let x = x.contiguous()?;
         match x.rank() {
             2 => x.matmul(&w),
             _ => x.broadcast_matmul(&w),
