@@ -186,9 +186,12 @@ fn verify_golden_passes_and_names_the_first_broken_stage() {
 /// temporal layer 1 on the device side it fails and names that layer first.
 #[test]
 fn verify_model_names_the_faulty_layer() {
-    let ok = run(&["verify", "model", "--model", "tiny", "--frames", "4"]);
+    // 15 whole-sequence checks, then 4 per streamed KV cache kind.
+    let ok = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--kv-cache", "model,int8"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("all 15 checks passed"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("all 23 checks passed"), "{stdout}");
+    assert!(stdout.contains("lm streamed, 8-bit KV cache") && stdout.contains("lm streamed, model-dtype KV cache"), "{stdout}");
     let bad = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--inject-fault-layer", "1"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);

@@ -102,10 +102,8 @@ impl Depformer {
         Ok((self.inputs[k].forward(out)? + self.embs[k].forward(prev)?)?)
     }
 
-    /// Step `k` of one time step, streaming: `out` [B, 1, dim] the temporal output (after
-    /// `out_norm`), `prev` [B, 1] the token chosen before this step. Returns logits [B, 1, card].
-    /// `state` must be fresh at k = 0 and carried through the frame's steps.
-    pub fn step(&self, k: usize, out: &Tensor, prev: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
+    /// Step `k` must come `k`-th in its frame (a fresh state at k = 0).
+    fn check_step(&self, k: usize, state: &TransformerState) -> Result<()> {
         if k >= self.steps() || state.offset() != k {
             return Err(EngineError::Streaming(format!(
                 "depformer step {k} called after {} steps of a {}-step frame",
@@ -113,6 +111,14 @@ impl Depformer {
                 self.steps()
             )));
         }
+        Ok(())
+    }
+
+    /// Step `k` of one time step, streaming: `out` [B, 1, dim] the temporal output (after
+    /// `out_norm`), `prev` [B, 1] the token chosen before this step. Returns logits [B, 1, card].
+    /// `state` must be fresh at k = 0 and carried through the frame's steps.
+    pub fn step(&self, k: usize, out: &Tensor, prev: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
+        self.check_step(k, state)?;
         let y = self.transformer.step(&self.step_input(k, out, prev)?, state)?;
         Ok(self.heads[k].forward(&y)?)
     }
@@ -120,13 +126,7 @@ impl Depformer {
     /// As `step`, with the previous token given as `token + 1` u32 [B, 1] (see
     /// `ZeroableEmbedding::forward_shifted`): the generation loop's form, made on the host.
     pub fn step_shifted(&self, k: usize, out: &Tensor, prev_shifted: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
-        if k >= self.steps() || state.offset() != k {
-            return Err(EngineError::Streaming(format!(
-                "depformer step {k} called after {} steps of a {}-step frame",
-                state.offset(),
-                self.steps()
-            )));
-        }
+        self.check_step(k, state)?;
         let x = (self.inputs[k].forward(out)? + self.embs[k].forward_shifted(prev_shifted)?)?;
         let y = self.transformer.step(&x, state)?;
         Ok(self.heads[k].forward(&y)?)

@@ -155,10 +155,16 @@ pub fn run(
         let (text, audio) = stream_teacher(dut, &td.delayed_input, &td.depformer_tokens)?;
         dut.lm.set_kv_cache(original);
         let g = format!("lm streamed, {} KV cache", kind_name(kind));
-        out.push(Check::float_rel(&g, "text_logits", &text.to_device(&cpu)?, &tr.temporal.text_logits, tol.rel)?);
-        out.push(agreement(&g, "greedy text (agreement)", &argmax(&text)?, &argmax(&tr.temporal.text_logits)?, tol.agreement)?);
-        out.push(Check::float_rel(&g, "depformer logits", &audio.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
-        out.push(agreement(&g, "greedy audio (agreement)", &argmax(&audio)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
+        // The 8-bit cache's own error (≤ 1/254 of each cached vector's peak per value, about twice
+        // bf16's rounding) is not a backend's: it gets the bf16 bounds whatever the model dtype.
+        let (rel, agree) = match kind {
+            KvCacheKind::Int8 => (tol.rel.max(Tolerances::for_dtype(DType::BF16).rel), tol.agreement.min(Tolerances::for_dtype(DType::BF16).agreement)),
+            KvCacheKind::Model => (tol.rel, tol.agreement),
+        };
+        out.push(Check::float_rel(&g, "text_logits", &text.to_device(&cpu)?, &tr.temporal.text_logits, rel)?);
+        out.push(agreement(&g, "greedy text (agreement)", &argmax(&text)?, &argmax(&tr.temporal.text_logits)?, agree)?);
+        out.push(Check::float_rel(&g, "depformer logits", &audio.to_device(&cpu)?, &tr.depformer_logits, rel)?);
+        out.push(agreement(&g, "greedy audio (agreement)", &argmax(&audio)?, &argmax(&tr.depformer_logits)?, agree)?);
         progress(&format!("LM streamed with the {} KV cache", kind_name(kind)));
     }
     Ok(out)
