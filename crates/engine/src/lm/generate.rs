@@ -73,7 +73,7 @@ impl LmGenState {
         }
         let vocab = logits.len() / b;
         // Rows are independent (each its own noise): sampled in parallel, which matters for
-        // large batches (≈ 0.2 ms of host work per row and frame).
+        // large batches (a softmax and a top-k selection per row, nine times per frame).
         use rayon::prelude::*;
         let out: Vec<Vec<u32>> = self
             .rows

@@ -227,7 +227,8 @@ impl Transformer {
         Ok(Self { cfg: cfg.clone(), layers, rope, kv: KvCacheKind::Model })
     }
 
-    /// How streaming steps store keys and values (states made from now on).
+    /// How streaming steps store keys and values: applies to caches allocated from now on (a
+    /// state's ring is allocated at its first step and keeps its kind).
     pub fn set_kv_cache(&mut self, kind: KvCacheKind) {
         self.kv = kind;
     }
