@@ -70,6 +70,17 @@ fn hf_download(repo: &str) -> anyhow::Result<PathBuf> {
     Ok(lm.parent().context("snapshot folder")?.to_path_buf())
 }
 
+/// `--model random` or `random:LAYERS` (the full-size architecture with random weights): Some(the
+/// temporal layers, `default` for plain `random`); None for any other model.
+pub fn random_layers(model: &str, default: usize) -> Option<anyhow::Result<usize>> {
+    let rest = model.strip_prefix("random")?;
+    Some(match rest.strip_prefix(':') {
+        Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--model random:LAYERS, got `{model}`")),
+        None if rest.is_empty() => Ok(default),
+        None => Err(anyhow::anyhow!("--model random or random:LAYERS, got `{model}`")),
+    })
+}
+
 impl MoshiSource {
     /// Load the model; the device is synchronized before returning (the model may then be used
     /// from another thread's stream: see `moshi_engine::prepare_device`).
@@ -106,10 +117,7 @@ impl MoshiSource {
         let (dir, identity) = match self.model.as_deref() {
             Some("tiny") => return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() }),
             Some(m) if m == "random" || m.starts_with("random:") => {
-                let layers = match m.strip_prefix("random:") {
-                    Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--model random:LAYERS, got `{m}`"))?,
-                    None => 32,
-                };
+                let layers = random_layers(m, 32).expect("starts with `random`")?;
                 let moshi = moshi_engine::random_model::build_on(layers, dtype, device)?;
                 return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });
             }

@@ -98,14 +98,10 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             let kv_cache: Vec<_> = kv_cache.into_iter().map(crate::model::KvCacheArg::kind).collect();
             let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             let cpu = candle_core::Device::Cpu;
-            let (reference, dut, identity) = match source.model.as_deref().and_then(|m| m.strip_prefix("random")) {
+            let (reference, dut, identity) = match source.model.as_deref().and_then(|m| crate::sources::random_layers(m, 2)) {
                 // `random` or `random:LAYERS`: full-size random weights, made once, built twice.
-                Some(rest) => {
-                    let layers = match rest.strip_prefix(':') {
-                        Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--model random:LAYERS, got `{rest}`"))?,
-                        None if rest.is_empty() => 2,
-                        None => bail!("--model random or random:LAYERS"),
-                    };
+                Some(layers) => {
+                    let layers = layers?;
                     let t0 = std::time::Instant::now();
                     let w = moshi_engine::random_model::RandomMoshi::new_on(layers, &dev)?;
                     let (r, d) = (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?);

@@ -68,7 +68,9 @@ pub struct StreamEmbeddings {
     /// [Σ (1 + rows_k), dim]
     table: Tensor,
     rows: Vec<usize>,
-    /// [1, K, 1] f32: 1 + the first row of stream k's table.
+    /// The row of stream k's zero row in `table`.
+    firsts: Vec<usize>,
+    /// [1, K, 1] f32: `firsts` + 1 (token −1 → the zero row).
     shift: Tensor,
 }
 
@@ -77,15 +79,17 @@ impl StreamEmbeddings {
     pub fn new(tables: &[Tensor]) -> Result<Self> {
         let parts = tables.iter().map(with_zero_row).collect::<Result<Vec<_>>>()?;
         let rows: Vec<usize> = tables.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
-        let mut first = 0usize;
-        let mut shift = Vec::with_capacity(rows.len());
-        for r in &rows {
-            shift.push((first + 1) as f32);
-            first += r + 1;
-        }
-        let device = tables[0].device();
-        let k = rows.len();
-        Ok(Self { table: Tensor::cat(&parts, 0)?, rows, shift: Tensor::from_vec(shift, (1, k, 1), device)? })
+        let firsts: Vec<usize> = rows.iter().scan(0, |next, r| Some(std::mem::replace(next, *next + r + 1))).collect();
+        let shift: Vec<f32> = firsts.iter().map(|&f| (f + 1) as f32).collect();
+        let shift = Tensor::from_vec(shift, (1, rows.len(), 1), tables[0].device())?;
+        Ok(Self { table: Tensor::cat(&parts, 0)?, rows, firsts, shift })
+    }
+
+    /// Gather table rows `ids` (u32, B·K·T of them) and sum each position's K rows in f32.
+    fn gather_sum(&self, ids: &Tensor, (b, k, t): (usize, usize, usize)) -> Result<Tensor> {
+        let e = self.table.index_select(ids, 0)?.reshape((b, k, t, ()))?;
+        let dtype = e.dtype();
+        Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
     }
 
     /// One step's tokens on the host ([B, K] row-major, −1: nothing), checked there and
@@ -96,19 +100,14 @@ impl StreamEmbeddings {
             return Err(EngineError::InvalidInput(format!("{} tokens for {b} rows of {k} streams", tokens.len())));
         }
         let mut ids = Vec::with_capacity(b * k);
-        let mut first = 0usize;
-        let firsts: Vec<usize> = self.rows.iter().map(|r| { let f = first; first += r + 1; f }).collect();
         for (i, &tok) in tokens.iter().enumerate() {
             let s = i % k;
             if tok < -1 || tok >= self.rows[s] as i64 {
                 return Err(EngineError::InvalidInput(format!("stream {s}: token {tok} outside [-1, {})", self.rows[s])));
             }
-            ids.push((firsts[s] as i64 + tok + 1) as u32);
+            ids.push((self.firsts[s] as i64 + tok + 1) as u32);
         }
-        let ids = Tensor::from_vec(ids, b * k, device)?;
-        let e = self.table.index_select(&ids, 0)?.reshape((b, k, 1, ()))?;
-        let dtype = e.dtype();
-        Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
+        self.gather_sum(&Tensor::from_vec(ids, b * k, device)?, (b, k, 1))
     }
 
     /// `tokens` [B, K, T] (−1: nothing) → Σ_k emb_k(tokens[:, k]) [B, T, dim], summed in f32.
@@ -121,9 +120,7 @@ impl StreamEmbeddings {
             check_tokens(&tokens.narrow(1, i, 1)?, rows, &format!("stream {i}: "))?;
         }
         let ids = tokens.to_dtype(DType::F32)?.broadcast_add(&self.shift)?.to_dtype(DType::U32)?.flatten_all()?;
-        let e = self.table.index_select(&ids, 0)?.reshape((b, k, t, ()))?;
-        let dtype = e.dtype();
-        Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
+        self.gather_sum(&ids, (b, k, t))
     }
 }
 

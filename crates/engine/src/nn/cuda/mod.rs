@@ -12,7 +12,8 @@
 //! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
 //!
 //! The CPU computes the same with Candle's ops (quantise/dequantise in `nn::attention`):
-//! `verify ops` compares the two on small cases (the `attention` and `silu` groups).
+//! `verify ops` compares the attention kernels with it on small cases (the `attention` group);
+//! `silu_gate` is covered by `verify model`, which compares every temporal layer.
 
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
@@ -84,6 +85,17 @@ pub struct RingView<'a> {
     pub last: i64,
 }
 
+impl RingView<'_> {
+    /// The kernels' name part ("bf16" or "i8") and the addresses of keys, values and their
+    /// scales (0 for a bf16 ring).
+    fn pointers(&self, dev: &CudaDevice) -> Result<(&'static str, u64, u64, u64, u64)> {
+        Ok(match self.scales {
+            None => ("bf16", ptr::<half::bf16>(self.k, dev)?, ptr::<half::bf16>(self.v, dev)?, 0, 0),
+            Some((ks, vs)) => ("i8", ptr::<u8>(self.k, dev)?, ptr::<u8>(self.v, dev)?, ptr::<f32>(ks, dev)?, ptr::<f32>(vs, dev)?),
+        })
+    }
+}
+
 /// softmax(q·kᵀ · scale) · v for one query per row and head: q [B, H, 1, D] bf16, `starts` [B]
 /// i64 (the first position each row may see). Returns [B, H, 1, D] bf16.
 pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, scale: f32) -> Result<Tensor> {
@@ -94,14 +106,7 @@ pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, scale: f32
     let part = alloc::<f32>(&dev, &[b * h, nsplit, d + 2])?;
     let y = alloc::<half::bf16>(&dev, &[b, h, 1, d])?;
     let suffix = head_dim_suffix(d)?;
-    let (kind, ks, vs) = match ring.scales {
-        None => ("bf16", 0u64, 0u64),
-        Some((ks, vs)) => ("i8", ptr::<f32>(ks, &dev)?, ptr::<f32>(vs, &dev)?),
-    };
-    let (kp, vp) = match ring.scales {
-        None => (ptr::<half::bf16>(ring.k, &dev)?, ptr::<half::bf16>(ring.v, &dev)?),
-        Some(_) => (ptr::<u8>(ring.k, &dev)?, ptr::<u8>(ring.v, &dev)?),
-    };
+    let (kind, kp, vp, ks, vs) = ring.pointers(&dev)?;
     let (qp, sp, pp, yp) = (ptr::<half::bf16>(q, &dev)?, ptr::<i64>(starts, &dev)?, ptr::<f32>(&part, &dev)?, ptr::<half::bf16>(&y, &dev)?);
     let (hh, capi, filled, chunk, ns) = (h as i32, cap as i32, ring.filled as i32, CHUNK as i32, nsplit as i32);
     let last = ring.last;
@@ -138,11 +143,10 @@ pub fn qkv_rope_write(qkv: &Tensor, heads: usize, rope: Option<&(Tensor, Tensor)
         Some((c, s)) => (ptr::<f32>(c, &dev)?, ptr::<f32>(s, &dev)?, (c.elem_count() / (d / 2)) as i32),
         None => (0u64, 0u64, 1i32),
     };
-    let (kind, kp, vp, ks, vs) = match ring.scales {
-        None => ("bf16", ptr::<half::bf16>(ring.k, &dev)?, ptr::<half::bf16>(ring.v, &dev)?, 0u64, 0u64),
-        Some((ks, vs)) => ("i8", ptr::<u8>(ring.k, &dev)?, ptr::<u8>(ring.v, &dev)?, ptr::<f32>(ks, &dev)?, ptr::<f32>(vs, &dev)?),
-    };
-    let (xp, qp) = (ptr::<half::bf16>(&qkv.contiguous()?, &dev)?, ptr::<half::bf16>(&q, &dev)?);
+    let (kind, kp, vp, ks, vs) = ring.pointers(&dev)?;
+    // Bound, not a temporary: the buffer must outlive the launch below.
+    let qkv = qkv.contiguous()?;
+    let (xp, qp) = (ptr::<half::bf16>(&qkv, &dev)?, ptr::<half::bf16>(&q, &dev)?);
     let (hh, capi, sloti) = (heads as i32, cap as i32, slot as i32);
     let f = dev.get_or_load_custom_func(&format!("qkv_rope_{kind}_{suffix}"), MODULE, PTX)?;
     let mut l = f.builder();
