@@ -7,7 +7,7 @@ use moshi_engine::conversation::StageTimes;
 use moshi_engine::lm::GenConfig;
 use moshi_engine::verify::model::test_signal;
 
-use crate::model::{DeviceArg, DtypeArg};
+use crate::model::{cli_name, DeviceArg, DtypeArg};
 use crate::stats::percentile as pct;
 use crate::sources::MoshiSource;
 
@@ -17,15 +17,18 @@ pub struct BenchArgs {
     pub source: MoshiSource,
     /// Conversations stepped together; a comma-separated list runs each size in turn with the
     /// same model (one JSON line each; a size that fails, e.g. out of memory, reports the error).
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub batch: Vec<usize>,
-    /// Frames timed (80 ms each), after the warm-up.
-    #[arg(long, default_value_t = 100)]
+    /// Frames timed (80 ms each), after the warm-up (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub frames: usize,
+    /// Frames run before timing starts.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Where the model runs (cuda and metal need a build with that feature).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The LM's dtype; Mimi always runs in f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     /// How the LM's KV cache stores keys and values.
@@ -85,7 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Err(e) = bench_batch(&args, &loaded, batch, &dev, dt) {
             let msg = format!("{e:#}");
             eprintln!("batch {batch}: {msg}");
-            println!("{}", serde_json::json!({"batch": batch, "error": msg, "kv_cache": format!("{:?}", args.kv_cache)}));
+            println!("{}", serde_json::json!({"batch": batch, "error": msg, "kv_cache": cli_name(&args.kv_cache)}));
         }
     }
     Ok(())
@@ -134,7 +137,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     json.insert("lm_weight_gb".into(), serde_json::json!(weight_bytes as f64 / 1e9));
     json.insert("lm_weight_bandwidth_tb_s".into(), serde_json::json!(weight_bytes as f64 / (lm_med * 1e-3) / 1e12));
     json.insert("kv_cache_gb".into(), serde_json::json!(conv.cache_bytes() as f64 / 1e9));
-    json.insert("kv_cache".into(), serde_json::json!(format!("{:?}", args.kv_cache)));
+    json.insert("kv_cache".into(), serde_json::json!(cli_name(&args.kv_cache)));
     json.insert("context_fill".into(), serde_json::json!(args.context_fill));
     json.insert("slots".into(), serde_json::json!(args.slots));
     if let Some((used, total)) = moshi_engine::device_memory(dev) {
@@ -151,7 +154,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     }
     let med = pct(total_col, 0.5);
     json.insert("real_time_factor".into(), serde_json::json!(med / budget));
-    for (k, v) in [("model", serde_json::json!(loaded.identity)), ("device", serde_json::json!(format!("{dev:?}"))), ("dtype", serde_json::json!(format!("{dt:?}")))] {
+    for (k, v) in [("model", serde_json::json!(loaded.identity)), ("device", serde_json::json!(cli_name(&args.device))), ("dtype", serde_json::json!(cli_name(&args.dtype)))] {
         json.insert(k.into(), v);
     }
     for (k, v) in [("batch", batch), ("frames", args.frames), ("warmup", args.warmup)] {
@@ -166,6 +169,8 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
         println!("real-time factor (median total / {budget:.0} ms): {:.3}{}", med / budget, if med <= budget { "  (faster than real time)" } else { "  (slower than real time)" });
         print!("{}", ascii_plot(total_col, budget));
     }
-    println!("{}", serde_json::Value::Object(json));
+    let mut json = serde_json::Value::Object(json);
+    crate::stats::round_floats(&mut json);
+    println!("{json}");
     Ok(())
 }

@@ -17,34 +17,41 @@ use crate::stats::percentile;
 pub enum CodecCommand {
     /// Audio file (wav, flac, mp3, ogg/vorbis; any rate, any channels) → codes (safetensors).
     Encode {
+        /// The audio to encode.
         input: PathBuf,
+        /// The codes file to write (safetensors).
         output: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
     },
     /// Codes (safetensors from `encode`) → 24 kHz mono wav.
     Decode {
+        /// A codes file written by `codec encode`.
         input: PathBuf,
+        /// The 24 kHz mono 32-bit float wav to write.
         output: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
     },
     /// Audio file → codes → 24 kHz mono wav, streaming frame by frame as a conversation would.
     Roundtrip {
+        /// The audio to encode.
         input: PathBuf,
+        /// The decoded 24 kHz mono 32-bit float wav to write.
         output: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
     },
     /// Time streaming encode + decode of one 80 ms frame; prints JSON (medians in ms).
     Bench {
-        /// Frames timed after the warm-up.
-        #[arg(long, default_value_t = 50)]
+        /// Frames timed after the warm-up (at least 1).
+        #[arg(long, default_value_t = 50, value_parser = crate::values::positive, allow_negative_numbers = true)]
         frames: usize,
+        /// Frames run before timing starts.
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        /// Streams batched together.
-        #[arg(long, default_value_t = 1)]
+        /// Streams batched together (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = crate::values::positive, allow_negative_numbers = true)]
         batch: usize,
         #[command(flatten)]
         model: ModelArgs,
@@ -52,6 +59,13 @@ pub enum CodecCommand {
 }
 
 pub fn run(cmd: CodecCommand) -> anyhow::Result<()> {
+    // Paths first: a typo fails before the model loads.
+    match &cmd {
+        CodecCommand::Encode { input, output, .. } | CodecCommand::Decode { input, output, .. } | CodecCommand::Roundtrip { input, output, .. } => {
+            crate::paths::check_in_out(input, output)?
+        }
+        CodecCommand::Bench { .. } => {}
+    }
     match cmd {
         CodecCommand::Encode { input, output, model } => {
             let mimi = model.load_mimi()?;
@@ -97,7 +111,7 @@ pub fn run(cmd: CodecCommand) -> anyhow::Result<()> {
                 output.display()
             );
         }
-        CodecCommand::Bench { frames, warmup, batch, model } => bench(&model.load_mimi()?, frames, warmup, batch)?,
+        CodecCommand::Bench { frames, warmup, batch, model } => bench(&model, frames, warmup, batch)?,
     }
     Ok(())
 }
@@ -130,10 +144,8 @@ fn check_codes_file(mimi: &Mimi, file: &CodesFile, path: &Path) -> anyhow::Resul
     Ok(())
 }
 
-fn bench(mimi: &Mimi, frames: usize, warmup: usize, batch: usize) -> anyhow::Result<()> {
-    if frames == 0 || batch == 0 {
-        bail!("--frames and --batch must be positive");
-    }
+fn bench(model: &ModelArgs, frames: usize, warmup: usize, batch: usize) -> anyhow::Result<()> {
+    let mimi = &model.load_mimi()?;
     let dev = mimi.device().clone();
     let fs = mimi.frame_size();
     let (mut es, mut ds) = (EncoderState::default(), DecoderState::default());
@@ -161,8 +173,9 @@ fn bench(mimi: &Mimi, frames: usize, warmup: usize, batch: usize) -> anyhow::Res
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     let report = serde_json::json!({
         "impl": "moshi-rs",
-        "device": format!("{:?}", dev),
-        "dtype": format!("{:?}", mimi.dtype()),
+        "model": model.model,
+        "device": crate::model::cli_name(&model.device),
+        "dtype": crate::model::cli_name(&model.dtype),
         "batch": batch,
         "frames": frames,
         "rayon_threads": threads,
@@ -171,6 +184,8 @@ fn bench(mimi: &Mimi, frames: usize, warmup: usize, batch: usize) -> anyhow::Res
         "total_ms_median": percentile(&total, 0.5),
         "total_ms_p90": percentile(&total, 0.9),
     });
+    let mut report = report;
+    crate::stats::round_floats(&mut report);
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

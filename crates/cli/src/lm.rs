@@ -6,50 +6,60 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Subcommand;
-use moshi_engine::lm::random::random_weights;
+use moshi_engine::lm::random::random_weights_with;
 use moshi_engine::lm::{check_checkpoint, GenConfig, LmConfig, LmModel};
 use moshi_engine::nn::transformer::TransformerState;
 
-use crate::model::{DeviceArg, DtypeArg};
+use crate::model::{cli_name, DeviceArg, DtypeArg};
 use crate::stats::{percentile, round3};
+
+/// `lm bench`'s options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Temporal transformer layers (the 7B has 32; every layer costs the same).
+    #[arg(long, default_value_t = 2, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub layers: usize,
+    /// Depformer layers (the 7B has 6).
+    #[arg(long, default_value_t = 6, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub depformer_layers: usize,
+    /// Steps timed after the warm-up (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub steps: usize,
+    /// Steps run before timing starts.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Rows stepped together (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub batch: usize,
+    /// An LM config JSON (Kyutai's field names); the 7B's when absent.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the LM runs (cuda and metal need a build with that feature).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// The LM's dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// How the KV cache stores keys and values.
+    #[arg(long, value_enum, default_value = "model")]
+    pub kv_cache: crate::model::KvCacheArg,
+    /// Before timing, move every row this many steps into its conversation (3000: the 7B's
+    /// full context, which attention then reads in full at every step).
+    #[arg(long, default_value_t = 0)]
+    pub context_fill: usize,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum LmCommand {
     /// Time streaming steps of a full-width LM with random weights and fewer temporal layers;
     /// prints JSON (medians in ms): the whole step, each temporal layer, each depformer step.
-    Bench {
-        /// Temporal transformer layers (the 7B has 32; every layer costs the same).
-        #[arg(long, default_value_t = 2)]
-        layers: usize,
-        /// Depformer layers (the 7B has 6).
-        #[arg(long, default_value_t = 6)]
-        depformer_layers: usize,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// An LM config JSON (Kyutai's field names); the 7B's when absent.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceArg,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: DtypeArg,
-        /// How the KV cache stores keys and values.
-        #[arg(long, value_enum, default_value = "model")]
-        kv_cache: crate::model::KvCacheArg,
-        /// Before timing, move every row this many steps into its conversation (3000: the 7B's
-        /// full context, which attention then reads in full at every step).
-        #[arg(long, default_value_t = 0)]
-        context_fill: usize,
-    },
+    Bench(BenchArgs),
     /// Check an LM checkpoint's names and shapes against a config from its header alone.
     Check {
         /// safetensors file(s) of the LM.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// An LM config JSON (Kyutai's field names); the 7B's when absent.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -77,15 +87,14 @@ pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LmCommand::Bench { layers, depformer_layers, steps, warmup, batch, config, device, dtype, kv_cache, context_fill } => {
-            let mut cfg = match config {
-                Some(p) => LmConfig::from_json_file(&p)?,
+        LmCommand::Bench(args) => {
+            let mut cfg = match &args.config {
+                Some(p) => LmConfig::from_json_file(p)?,
                 None => LmConfig::default(),
             };
-            cfg.num_layers = layers;
-            cfg.depformer_num_layers = depformer_layers;
-            let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
-            bench(&cfg, batch, steps, warmup, &dev, dt, kv_cache.kind(), context_fill)
+            cfg.num_layers = args.layers;
+            cfg.depformer_num_layers = args.depformer_layers;
+            bench(&cfg, &args)
         }
     }
 }
@@ -94,19 +103,15 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
     dev.synchronize().context("device synchronize")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench(
-    cfg: &LmConfig,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-    dev: &Device,
-    dtype: candle_core::DType,
-    kv: moshi_engine::nn::attention::KvCacheKind,
-    context_fill: usize,
-) -> anyhow::Result<()> {
+fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
+    let (batch, steps, warmup, context_fill) = (args.batch, args.steps, args.warmup, args.context_fill);
+    let (dev, dtype) = (&crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+    let kv = args.kv_cache.kind();
+    let (kv_name, dtype_name, device_name) = (cli_name(&args.kv_cache), cli_name(&args.dtype), cli_name(&args.device));
     let t0 = Instant::now();
-    let weights = random_weights(cfg, dtype, dev)?;
+    let bar = crate::progress::WeightsBar::new("drawing random weights");
+    let weights = random_weights_with(cfg, dtype, dev, &mut |d, t| bar.update(d, t))?;
+    drop(bar);
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
     let mut model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
     model.set_kv_cache(kv);
@@ -191,7 +196,7 @@ fn bench(
         "depformer_ms_median": round3(median(&depformer_ms)),
         "weight_gb": weight_bytes as f64 / 1e9,
         "weight_bandwidth_tb_s": round3(weight_bytes as f64 / (median(&step_ms) * 1e-3) / 1e12),
-        "kv_cache": format!("{kv:?}"),
+        "kv_cache": kv_name,
         "kv_cache_gb": cache_bytes as f64 / 1e9,
         "context_fill": context_fill,
         "device_memory_used_gb": memory.map(|m| m.0 as f64 / 1e9),
@@ -206,10 +211,12 @@ fn bench(
         "batch": batch,
         "steps": steps,
         "warmup": warmup,
-        "dtype": format!("{dtype:?}"),
-        "device": format!("{dev:?}"),
+        "dtype": dtype_name,
+        "device": device_name,
         "threads": candle_core::utils::get_num_threads(),
     });
+    let mut res = res;
+    crate::stats::round_floats(&mut res);
     println!("{res}");
     Ok(())
 }

@@ -3,13 +3,17 @@
 
 mod bench;
 mod codec;
+mod hub;
 mod lm;
+mod progress;
 mod loadtest;
 mod model;
+mod paths;
 mod run;
 mod serve;
 mod sources;
 mod stats;
+mod values;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -51,13 +55,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // Colour only for a person at a terminal (and never with NO_COLOR set): logs piped to a file
+    // or another program stay plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,moshi_server=info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Loadtest(args) => loadtest::run(args),
@@ -65,7 +74,22 @@ fn main() -> anyhow::Result<()> {
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),
         Command::Verify { command } => verify::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+/// An error as a user reads it: the message and its causes, one per line; never a backtrace
+/// (anyhow would print one under RUST_BACKTRACE=1 had `main` returned the error).
+fn report(e: &anyhow::Error) {
+    let mut lines = vec![format!("error: {e}")];
+    lines.extend(e.chain().skip(1).map(|c| format!("  caused by: {c}")));
+    eprintln!("{}", lines.join("\n"));
 }
 
 #[cfg(test)]

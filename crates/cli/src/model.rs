@@ -1,11 +1,12 @@
 //! Where the model comes from (`--model tiny | DIR | FILE`), on which device, in which dtype.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use moshi_engine::mimi::{self, Mimi, MimiConfig};
+use moshi_engine::model_files::Manifest;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DeviceArg {
@@ -41,14 +42,16 @@ pub enum DtypeArg {
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// `tiny` (the small reference-built model embedded in the binary), a folder holding
-    /// config.json and a Mimi safetensors file, or a Mimi safetensors file (the released
+    /// `tiny` (the small reference-built model embedded in the binary), a Moshi folder or Hugging
+    /// Face repo id (as `run --model` takes them: their Mimi), a folder holding a Mimi config.json
+    /// and one safetensors file, or a Mimi safetensors file (the released
     /// tokenizer-e351c8d8-checkpoint125.safetensors; real Mimi config unless --config).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// A Mimi config JSON (Kyutai's field names) overriding the one implied by --model.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Where Mimi runs (cuda and metal need a build with that feature).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Mimi runs in f32 in every reference anchor; bf16 is offered for experiments.
@@ -56,21 +59,24 @@ pub struct ModelArgs {
     pub dtype: DtypeArg,
 }
 
-/// The device `--device` names.
-/// Sampling flags shared by `run` and `serve` (the reference's defaults).
+/// Sampling flags shared by `run` and `serve` (the reference's defaults). A temperature of 0 is
+/// greedy for that stream.
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
     /// Greedy decoding (argmax) for text and audio; the sampling flags are then ignored.
     #[arg(long)]
     pub greedy: bool,
-    /// Audio sampling temperature.
-    #[arg(long, default_value_t = 0.8)]
+    /// Audio sampling temperature (≥ 0; 0 is greedy).
+    #[arg(long, default_value_t = 0.8, value_parser = crate::values::temperature, allow_negative_numbers = true)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.7)]
+    /// Text sampling temperature (≥ 0; 0 is greedy).
+    #[arg(long, default_value_t = 0.7, value_parser = crate::values::temperature, allow_negative_numbers = true)]
     pub text_temperature: f64,
-    #[arg(long, default_value_t = 250)]
+    /// Audio tokens sampled among the k most likely (≥ 1).
+    #[arg(long, default_value_t = 250, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 25)]
+    /// Text tokens sampled among the k most likely (≥ 1).
+    #[arg(long, default_value_t = 25, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub text_top_k: usize,
 }
 
@@ -78,16 +84,19 @@ impl SamplingArgs {
     pub fn gen_config(&self) -> moshi_engine::lm::GenConfig {
         use moshi_engine::lm::{GenConfig, SamplingConfig};
         if self.greedy {
-            GenConfig::greedy()
-        } else {
-            GenConfig {
-                text: SamplingConfig::sampled(self.text_temperature, self.text_top_k),
-                audio: SamplingConfig::sampled(self.temperature, self.top_k),
-            }
+            return GenConfig::greedy();
         }
+        let pick = |t: f64, k: usize| SamplingConfig::from_user(t, k).expect("checked by the value parsers");
+        GenConfig { text: pick(self.text_temperature, self.text_top_k), audio: pick(self.temperature, self.top_k) }
     }
 }
 
+/// The name a value enum has on the command line (`cpu`, `bf16`, `int8`): what JSON output uses.
+pub fn cli_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// The device `--device` names.
 pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
     Ok(match arg {
         DeviceArg::Cpu => Device::Cpu,
@@ -117,31 +126,61 @@ impl ModelArgs {
         dtype(self.dtype)
     }
 
+    /// The Mimi `--model` names: `tiny`; a Moshi folder (its config.json naming `mimi_name`, as
+    /// `run` reads it); a Mimi folder (config.json with Mimi's fields and one safetensors file); a
+    /// Mimi safetensors file; or a Hugging Face repo (only its Mimi file and config downloaded).
     pub fn load_mimi(&self) -> anyhow::Result<Mimi> {
         let (device, dtype) = (self.device()?, self.dtype());
         let cfg_override = match &self.config {
             Some(p) => Some(MimiConfig::from_json_file(p)?),
             None => None,
         };
+        let path = PathBuf::from(&self.model);
+        let from_manifest = |dir: &Path, manifest: &Manifest| -> anyhow::Result<Mimi> {
+            let cfg = match &cfg_override {
+                Some(c) => c.clone(),
+                None => manifest.mimi_config_in(dir)?,
+            };
+            Ok(Mimi::load(&dir.join(&manifest.mimi), &cfg, dtype, &device)?)
+        };
         let mimi = if self.model == "tiny" {
             match cfg_override {
                 Some(_) => bail!("--config cannot be combined with --model tiny"),
                 None => mimi::tiny::load(dtype, &device)?,
             }
-        } else {
-            let path = PathBuf::from(&self.model);
-            if path.is_dir() {
-                match cfg_override {
-                    Some(cfg) => Mimi::load(&first_safetensors(&path)?, &cfg, dtype, &device)?,
+        } else if path.is_dir() {
+            match moshi_folder(&path)? {
+                Some(manifest) => from_manifest(&path, &manifest)?,
+                None => match &cfg_override {
+                    Some(cfg) => Mimi::load(&first_safetensors(&path)?, cfg, dtype, &device)?,
                     None => Mimi::load_dir(&path, dtype, &device)?,
-                }
-            } else if path.is_file() {
-                Mimi::load(&path, &cfg_override.unwrap_or_default(), dtype, &device)?
-            } else {
-                bail!("--model {:?}: not `tiny`, an existing folder or an existing file", self.model)
+                },
             }
+        } else if path.is_file() {
+            Mimi::load(&path, &cfg_override.clone().unwrap_or_default(), dtype, &device)?
+        } else if crate::hub::is_repo_id(&self.model) {
+            let r = crate::hub::resolve(&self.model, crate::hub::Need::Mimi)?;
+            from_manifest(&r.dir, &r.manifest)?
+        } else {
+            bail!("--model {:?}: not `tiny`, an existing folder or file, or a Hugging Face repo id (owner/name)", self.model)
         };
         Ok(mimi)
+    }
+}
+
+/// A Moshi folder's manifest when `dir`'s config.json is Kyutai's Moshi config (it names the
+/// Mimi file or holds the LM's fields), None for a Mimi folder.
+fn moshi_folder(dir: &Path) -> anyhow::Result<Option<Manifest>> {
+    let cfg = dir.join("config.json");
+    if !cfg.is_file() {
+        return Ok(dir.join(moshi_engine::model_files::RELEASED_MIMI).is_file().then(Manifest::released));
+    }
+    let text = std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+    let raw: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", cfg.display()))?;
+    if raw.get("mimi_name").is_some() || raw.get("moshi_name").is_some() || raw.get("text_card").is_some() {
+        Ok(Some(Manifest::from_config_json(&cfg)?))
+    } else {
+        Ok(None)
     }
 }
 

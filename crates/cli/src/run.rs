@@ -1,31 +1,46 @@
 //! `moshi-rs run`: an audio file in, Moshi's spoken reply out, streamed frame by frame exactly as a
 //! live conversation would be (Mimi encode → LM step → Mimi decode), with trailing silence so
 //! that Moshi can answer; the transcript on stdout, a JSON summary beside the output.
+//!
+//! Everything that can be checked before the model loads is checked first (the paths, the
+//! input's audio, the flags), so that a typo fails in a second rather than after minutes of
+//! loading a 7B.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use moshi_engine::audio;
 use moshi_engine::conversation::{Moshi, StageTimes};
 use moshi_engine::text::TextStream;
 use sha2::{Digest, Sha256};
 
-use crate::model::{DeviceArg, DtypeArg, SamplingArgs};
+use crate::paths::{absolute, check_in_out, check_writable};
+use crate::model::{cli_name, DeviceArg, DtypeArg, SamplingArgs};
 use crate::sources::MoshiSource;
 use crate::stats::{percentile, round3};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The user's audio (wav, flac, mp3, ogg/vorbis; any rate and channel count).
+    /// The user's audio (wav, flac, mp3, ogg/vorbis, ogg/opus; any rate and channel count), as a
+    /// positional argument (Kyutai's `run_inference.py infile outfile`) or with --input.
+    #[arg(value_name = "INFILE", required_unless_present = "input", conflicts_with = "input")]
+    pub infile: Option<PathBuf>,
+    /// Moshi's reply (wav), as a positional argument or with --output.
+    #[arg(value_name = "OUTFILE", required_unless_present = "output", conflicts_with = "output")]
+    pub outfile: Option<PathBuf>,
+    /// The user's audio (the same as INFILE).
     #[arg(long)]
-    pub input: PathBuf,
-    /// Moshi's reply, 24 kHz mono 32-bit float wav.
+    pub input: Option<PathBuf>,
+    /// Moshi's reply, 24 kHz mono wav: 32-bit float, or 16-bit integer with --pcm16.
     #[arg(long)]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
+    /// Write the reply as 16-bit integer PCM (clipped to [-1, 1]) instead of 32-bit float.
+    #[arg(long)]
+    pub pcm16: bool,
     /// The JSON summary (default: the output path with `.json`).
     #[arg(long)]
     pub summary: Option<PathBuf>,
@@ -33,16 +48,19 @@ pub struct RunArgs {
     pub source: MoshiSource,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Seed of the sampling noise: the same seed gives the same reply, bit for bit.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Stop after this many frames (input and silence together).
-    #[arg(long)]
+    /// Stop after this many frames (input and silence together; at least 1).
+    #[arg(long, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
-    /// Seconds of silence fed after the input, so that Moshi can answer.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds of silence fed after the input, so that Moshi can answer (≥ 0).
+    #[arg(long, default_value_t = 2.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
     pub silence: f64,
+    /// Where the model runs (cuda and metal need a build with that feature).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The LM's dtype; Mimi always runs in f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the
@@ -51,19 +69,107 @@ pub struct RunArgs {
     pub kv_cache: crate::model::KvCacheArg,
 }
 
+/// The files of one run, checked before anything heavy happens.
+struct Paths {
+    input: PathBuf,
+    output: PathBuf,
+    summary: PathBuf,
+}
+
+impl RunArgs {
+    fn paths(&self) -> anyhow::Result<Paths> {
+        let input = self.infile.clone().or_else(|| self.input.clone()).context("the input audio: INFILE or --input")?;
+        let output = self.outfile.clone().or_else(|| self.output.clone()).context("the reply's path: OUTFILE or --output")?;
+        let summary = self.summary.clone().unwrap_or_else(|| output.with_extension("json"));
+        check_in_out(&input, &output)?;
+        let (i, o, s) = (absolute(&input), absolute(&output), absolute(&summary));
+        if s == i || s == o {
+            bail!("the summary {} would overwrite the {}; pass another --summary", summary.display(), if s == i { "input" } else { "reply" });
+        }
+        check_writable(&summary, "summary")?;
+        Ok(Paths { input, output, summary })
+    }
+}
+
+/// The transcript as it comes: on stdout, beside the progress bar on stderr. When both are the
+/// same terminal, the line being spoken is the bar's first line and finished lines scroll above
+/// it; otherwise pieces go straight to stdout. A closed stdout (`| head`) stops the printing,
+/// not the run: the reply and the summary are still written.
+struct Transcript {
+    bar: ProgressBar,
+    inline: bool,
+    line: String,
+    stdout: Option<std::io::Stdout>,
+}
+
+impl Transcript {
+    const WIDTH: usize = 80;
+
+    fn new(frames: usize) -> anyhow::Result<Self> {
+        let bar = ProgressBar::new(frames as u64);
+        let visible = frames >= 50 && std::io::stderr().is_terminal();
+        let inline = visible && std::io::stdout().is_terminal();
+        let template = if inline { "{wide_msg}\n{bar:30} {pos}/{len} frames {elapsed} ({per_sec})" } else { "{bar:30} {pos}/{len} frames {elapsed} ({per_sec})" };
+        bar.set_style(ProgressStyle::with_template(template)?);
+        if !visible {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Ok(Self { bar, inline, line: String::new(), stdout: Some(std::io::stdout()) })
+    }
+
+    fn print(&mut self, text: &str) {
+        if let Some(out) = &mut self.stdout {
+            if write!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                self.stdout = None; // broken pipe or closed: keep going without a transcript
+            }
+        }
+    }
+
+    fn push(&mut self, piece: &str) {
+        if !self.inline {
+            self.print(piece);
+            return;
+        }
+        if self.line.chars().count() + piece.chars().count() > Self::WIDTH && piece.starts_with(' ') {
+            let done = std::mem::take(&mut self.line) + "\n";
+            let bar = self.bar.clone(); // a handle to the same bar
+            bar.suspend(|| self.print(&done));
+            self.line = piece.trim_start().to_string();
+        } else {
+            self.line.push_str(piece);
+        }
+        self.bar.set_message(self.line.clone());
+    }
+
+    fn tick(&self) {
+        self.bar.inc(1);
+    }
+
+    fn finish(mut self) {
+        self.bar.finish_and_clear();
+        let rest = std::mem::take(&mut self.line) + "\n";
+        self.print(&rest);
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let paths = args.paths()?;
+    args.source.precheck()?;
     let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+
+    tracing::info!(input = %paths.input.display(), "reading the input");
+    let samples = audio::load_mono_24k(&paths.input).with_context(|| format!("reading {}", paths.input.display()))?;
+    if samples.is_empty() {
+        bail!("{}: no audio samples", paths.input.display());
+    }
+
     let mut loaded = args.source.load(dtype, &device)?;
     loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);
 
-    let samples = audio::load_mono_24k(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    if samples.is_empty() {
-        anyhow::bail!("{}: no audio samples", args.input.display());
-    }
     let n = moshi.frame_size();
-    let silence_frames = (args.silence.max(0.0) * audio::MIMI_SAMPLE_RATE as f64 / n as f64).ceil() as usize;
+    let silence_frames = (args.silence * audio::MIMI_SAMPLE_RATE as f64 / n as f64).ceil() as usize;
     let mut frames: Vec<Vec<f32>> = audio::frames(&samples, n).collect();
     let input_frames = frames.len();
     frames.extend(std::iter::repeat_n(vec![0f32; n], silence_frames));
@@ -77,37 +183,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut text = String::new();
     let mut pcm_out: Vec<f32> = Vec::new();
     let mut times: Vec<StageTimes> = Vec::new();
-    let bar = ProgressBar::new(frames.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} frames {elapsed} ({per_sec}) {msg}")?);
-    if frames.len() < 50 {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let mut out = Transcript::new(frames.len())?;
     let t0 = Instant::now();
-    let mut stdout = std::io::stdout();
     for (i, frame) in frames.iter().enumerate() {
-        let out = moshi.step(&mut conv, frame).with_context(|| format!("frame {i}"))?;
-        times.push(out.times);
-        if let Some(pcm) = out.pcm {
+        let step = moshi.step(&mut conv, frame).with_context(|| format!("frame {i}"))?;
+        times.push(step.times);
+        if let Some(pcm) = step.pcm {
             pcm_out.extend(pcm);
         }
-        if let Some(piece) = out.text.and_then(|t| transcript.push(t[0])) {
+        if let Some(piece) = step.text.and_then(|t| transcript.push(t[0])) {
             text.push_str(&piece);
-            bar.suspend(|| {
-                print!("{piece}");
-                let _ = stdout.flush();
-            });
+            out.push(&piece);
         }
-        bar.inc(1);
+        out.tick();
     }
     if let Some(rest) = transcript.finish() {
         text.push_str(&rest);
-        print!("{rest}");
+        out.push(&rest);
     }
-    println!();
-    bar.finish_and_clear();
+    out.finish();
     let wall = t0.elapsed().as_secs_f64();
 
-    audio::write_wav(&args.output, &pcm_out, audio::MIMI_SAMPLE_RATE).with_context(|| format!("writing {}", args.output.display()))?;
+    let write = if args.pcm16 { audio::write_wav_i16 } else { audio::write_wav };
+    write(&paths.output, &pcm_out, audio::MIMI_SAMPLE_RATE).with_context(|| format!("writing {}", paths.output.display()))?;
     let mut h = Sha256::new();
     for s in &pcm_out {
         h.update(s.to_le_bytes());
@@ -119,11 +217,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let audio_s = frames.len() as f64 * n as f64 / audio::MIMI_SAMPLE_RATE as f64;
     let summary = serde_json::json!({
-        "input": args.input.display().to_string(),
-        "output": args.output.display().to_string(),
+        "input": paths.input.display().to_string(),
+        "output": paths.output.display().to_string(),
+        "output_format": if args.pcm16 { "pcm16" } else { "f32" },
         "model": loaded.identity,
-        "device": format!("{device:?}"),
-        "dtype": format!("{dtype:?}"),
+        "device": cli_name(&args.device),
+        "dtype": cli_name(&args.dtype),
+        "kv_cache": cli_name(&args.kv_cache),
         "seed": args.seed,
         "sampling": if args.sampling.greedy { serde_json::json!("greedy") } else { serde_json::to_value(gen)? },
         "input_frames": input_frames,
@@ -137,21 +237,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "decode": stage(|t| t.decode_ms),
             "total": stage(|t| t.total_ms()),
         },
+        "seconds": round3(wall),
         "real_time_factor": round3(wall / audio_s),
         "transcript": text,
+        // Of the f32 samples before any 16-bit conversion: the same for both output formats.
         "output_pcm_sha256": digest,
     });
-    let summary_path = args.summary.clone().unwrap_or_else(|| args.output.with_extension("json"));
-    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)? + "\n")
-        .with_context(|| format!("writing {}", summary_path.display()))?;
+    std::fs::write(&paths.summary, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", paths.summary.display()))?;
     eprintln!(
         "{} frames in {:.2} s (real-time factor {:.2}) → {} ({} samples), summary {}; pcm sha256 {digest}",
         frames.len(),
         wall,
         wall / audio_s,
-        args.output.display(),
+        paths.output.display(),
         pcm_out.len(),
-        summary_path.display()
+        paths.summary.display()
     );
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Where a whole Moshi comes from: `--model tiny` (embedded), a local folder, a Hugging Face repo
-//! (downloaded through the standard cache: HF_HOME and HF_HUB_OFFLINE are honoured), or files given
-//! one by one. Without `--model`: Kyutai's moshiko if it is already in the local cache, else the
-//! embedded tiny model (so that the README's first command works offline on a fresh machine).
+//! (crate::hub: the files its config.json names, through the standard cache), `random`, or files
+//! given one by one. Kyutai's `run_inference.py` spellings are accepted as aliases (`--hf-repo`,
+//! `--moshi-weight`, `--mimi-weight`, `--lm-config`), with its meaning: a file flag replaces that
+//! one file of the model source. Without `--model`: Kyutai's moshiko if it is already in the local
+//! cache, else the embedded tiny model (so that the README's first command works offline).
 
 use std::path::PathBuf;
 
@@ -11,7 +13,9 @@ use clap::Args;
 use moshi_engine::conversation::Moshi;
 use moshi_engine::lm::LmConfig;
 use moshi_engine::mimi::MimiConfig;
-use moshi_engine::model_files::{MoshiFiles, RELEASED_LM, RELEASED_MIMI, RELEASED_TOKENIZER};
+use moshi_engine::model_files::MoshiFiles;
+
+use crate::hub::{self, Need};
 
 /// The repo used when `--model` is not given and it is in the cache.
 pub const DEFAULT_REPO: &str = "kyutai/moshiko-pytorch-bf16";
@@ -22,21 +26,22 @@ pub struct MoshiSource {
     /// Face repo id such as kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16. Default:
     /// kyutai/moshiko-pytorch-bf16 when already cached, else tiny. `random` (or `random:LAYERS`):
     /// the full-size architecture with random weights made on the device, for benchmarks.
-    #[arg(long)]
+    #[arg(long, visible_alias = "hf-repo")]
     pub model: Option<String>,
-    /// LM weights (safetensors, Kyutai's PyTorch or Candle layout), instead of --model.
-    #[arg(long, requires_all = ["mimi_weights", "tokenizer"])]
+    /// LM weights (safetensors, Kyutai's PyTorch or Candle layout): replaces the model's, or with
+    /// --mimi-weights and --tokenizer stands alone.
+    #[arg(long, visible_alias = "moshi-weight")]
     pub lm_weights: Option<PathBuf>,
-    /// Mimi weights (safetensors).
-    #[arg(long)]
+    /// Mimi weights (safetensors): replaces the model's.
+    #[arg(long, visible_alias = "mimi-weight")]
     pub mimi_weights: Option<PathBuf>,
-    /// SentencePiece model (tokenizer_spm_32k_3.model).
+    /// SentencePiece model (tokenizer_spm_32k_3.model): replaces the model's.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// LM config JSON (Kyutai's field names); the 7B's when absent.
-    #[arg(long)]
+    /// LM config JSON (Kyutai's field names): replaces the model's (the 7B's for bare files).
+    #[arg(long, visible_alias = "lm-config")]
     pub config: Option<PathBuf>,
-    /// Mimi config JSON; the released Mimi's when absent.
+    /// Mimi config JSON: replaces the model's (the released Mimi's for bare files).
     #[arg(long)]
     pub mimi_config: Option<PathBuf>,
 }
@@ -45,29 +50,6 @@ pub struct Loaded {
     pub moshi: Moshi,
     /// What was loaded, for logs and summaries.
     pub identity: String,
-}
-
-fn hf_cached(repo: &str) -> Option<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
-    let r = cache.model(repo.to_string());
-    let lm = r.get(RELEASED_LM)?;
-    r.get(RELEASED_MIMI)?;
-    r.get(RELEASED_TOKENIZER)?;
-    lm.parent().map(|p| p.to_path_buf())
-}
-
-fn hf_download(repo: &str) -> anyhow::Result<PathBuf> {
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
-        return hf_cached(repo).with_context(|| format!("HF_HUB_OFFLINE=1 and {repo} is not (completely) in the local cache"));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().context("Hugging Face API")?;
-    let r = api.model(repo.to_string());
-    // config.json is optional (the moshiko repos have none): a failure to fetch it is not an error.
-    let _ = r.get("config.json");
-    let lm = r.get(RELEASED_LM).with_context(|| format!("downloading {RELEASED_LM} from {repo}"))?;
-    r.get(RELEASED_MIMI).with_context(|| format!("downloading {RELEASED_MIMI} from {repo}"))?;
-    r.get(RELEASED_TOKENIZER).with_context(|| format!("downloading {RELEASED_TOKENIZER} from {repo}"))?;
-    Ok(lm.parent().context("snapshot folder")?.to_path_buf())
 }
 
 /// `--model random` or `random:LAYERS` (the full-size architecture with random weights): Some(the
@@ -81,67 +63,138 @@ pub fn random_layers(model: &str, default: usize) -> Option<anyhow::Result<usize
     })
 }
 
+/// Where the files come from before the per-file flags apply.
+enum Base {
+    Tiny,
+    Random(usize),
+    Files(MoshiFiles, String),
+    /// Nothing: the file flags must name every file.
+    None,
+}
+
 impl MoshiSource {
+    fn overrides_any(&self) -> bool {
+        self.lm_weights.is_some() || self.mimi_weights.is_some() || self.tokenizer.is_some() || self.config.is_some() || self.mimi_config.is_some()
+    }
+
+    /// Check what can be checked without loading anything: the named files exist, the flags fit
+    /// together, a repo's layout is one moshi-rs reads.
+    pub fn precheck(&self) -> anyhow::Result<()> {
+        for (flag, p) in [
+            ("--lm-weights", &self.lm_weights),
+            ("--mimi-weights", &self.mimi_weights),
+            ("--tokenizer", &self.tokenizer),
+            ("--config", &self.config),
+            ("--mimi-config", &self.mimi_config),
+        ] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    bail!("{flag} {}: no such file", p.display());
+                }
+            }
+        }
+        match self.model.as_deref() {
+            Some(m) if m == "tiny" || m.starts_with("random") => {
+                if self.overrides_any() {
+                    bail!("--model {m} brings its own files; --lm-weights, --mimi-weights, --tokenizer and the configs go with a folder, a repo or alone");
+                }
+                if let Some(r) = random_layers(m, 32) {
+                    r?;
+                }
+            }
+            Some(m) => {
+                let p = PathBuf::from(m);
+                if p.is_file() {
+                    bail!("--model {m}: a file; give a folder, a repo id, or --lm-weights/--mimi-weights/--tokenizer");
+                }
+                if !p.is_dir() {
+                    if hub::is_repo_id(m) {
+                        hub::refuse_unsupported(m)?;
+                    } else {
+                        bail!("--model {m}: not `tiny`, `random`, an existing folder, or a Hugging Face repo id (owner/name)");
+                    }
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     /// Load the model; the device is synchronized before returning (the model may then be used
     /// from another thread's stream: see `moshi_engine::prepare_device`).
     pub fn load(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
+        self.precheck()?;
         let loaded = self.load_unsynced(dtype, device)?;
         device.synchronize().context("synchronizing the device after loading")?;
         Ok(loaded)
     }
 
-    fn load_unsynced(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
-        if let Some(lm) = &self.lm_weights {
-            if self.model.is_some() {
-                bail!("--model and --lm-weights exclude each other");
+    fn base(&self) -> anyhow::Result<Base> {
+        let all_files = self.lm_weights.is_some() && self.mimi_weights.is_some() && self.tokenizer.is_some();
+        Ok(match self.model.as_deref() {
+            Some("tiny") => Base::Tiny,
+            Some(m) if m.starts_with("random") => Base::Random(random_layers(m, 32).expect("starts with `random`")?),
+            Some(m) if PathBuf::from(m).is_dir() => Base::Files(MoshiFiles::from_dir(&PathBuf::from(m))?, format!("folder {m}")),
+            Some(m) => {
+                let r = hub::resolve(m, Need::Moshi)?;
+                Base::Files(MoshiFiles::from_dir(&r.dir)?, format!("{m} (Hugging Face)"))
             }
-            let files = MoshiFiles {
-                lm_weights: lm.clone(),
-                lm_config: match &self.config {
-                    Some(p) => LmConfig::from_json_file(p)?,
-                    None => LmConfig::default(),
-                },
-                mimi_weights: self.mimi_weights.clone().context("--mimi-weights")?,
-                mimi_config: match &self.mimi_config {
-                    Some(p) => MimiConfig::from_json_file(p)?,
-                    None => MimiConfig::default(),
-                },
-                tokenizer: self.tokenizer.clone().context("--tokenizer")?,
-            };
-            let identity = format!("files: {}, {}, {}", lm.display(), files.mimi_weights.display(), files.tokenizer.display());
-            return Ok(Loaded { moshi: files.load(dtype, device)?, identity });
-        }
-        if self.config.is_some() || self.mimi_config.is_some() {
-            bail!("--config / --mimi-config go with --lm-weights; a folder or repo brings its own config.json");
-        }
-        let (dir, identity) = match self.model.as_deref() {
-            Some("tiny") => return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() }),
-            Some(m) if m == "random" || m.starts_with("random:") => {
-                let layers = random_layers(m, 32).expect("starts with `random`")?;
-                let moshi = moshi_engine::random_model::build_on(layers, dtype, device)?;
-                return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });
-            }
-            None => match hf_cached(DEFAULT_REPO) {
-                Some(dir) => (dir, format!("{DEFAULT_REPO} (cached)")),
+            None if all_files => Base::None,
+            None => match hub::cached(DEFAULT_REPO, Need::Moshi) {
+                Some(r) => Base::Files(MoshiFiles::from_dir(&r.dir)?, format!("{DEFAULT_REPO} (cached)")),
+                None if self.overrides_any() => bail!(
+                    "{DEFAULT_REPO} is not in the local cache: with no --model, --lm-weights, --mimi-weights and --tokenizer must all be given"
+                ),
                 None => {
                     eprintln!("{DEFAULT_REPO} is not in the local Hugging Face cache: using the embedded tiny model (random weights, not speech); pass --model {DEFAULT_REPO} to download it");
-                    return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() });
+                    Base::Tiny
                 }
             },
-            Some(m) => {
-                let p = PathBuf::from(m);
-                if p.is_dir() {
-                    (p, format!("folder {m}"))
-                } else if p.exists() {
-                    bail!("--model {m}: a file; give a folder, a repo id, or --lm-weights/--mimi-weights/--tokenizer");
-                } else if m.split('/').count() == 2 && !m.starts_with('.') && !m.starts_with('/') {
-                    (hf_download(m)?, format!("{m} (Hugging Face)"))
-                } else {
-                    bail!("--model {m}: not `tiny`, an existing folder, or a Hugging Face repo id (owner/name)");
-                }
+        })
+    }
+
+    fn load_unsynced(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
+        let (mut files, mut identity) = match self.base()? {
+            Base::Tiny => return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() }),
+            Base::Random(layers) => {
+                let bar = crate::progress::WeightsBar::new("drawing random weights");
+                let moshi = moshi_engine::random_model::build_on(layers, dtype, device, &mut |d, t| bar.update(d, t))?;
+                return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });
+            }
+            Base::Files(files, identity) => (files, identity),
+            Base::None => {
+                let lm = self.lm_weights.clone().expect("all files given");
+                let mimi = self.mimi_weights.clone().expect("all files given");
+                let tok = self.tokenizer.clone().expect("all files given");
+                let identity = format!("files: {}, {}, {}", lm.display(), mimi.display(), tok.display());
+                let files = MoshiFiles { lm_weights: lm, lm_config: LmConfig::default(), mimi_weights: mimi, mimi_config: MimiConfig::default(), tokenizer: tok };
+                (files, identity)
             }
         };
-        let files = MoshiFiles::from_dir(&dir)?;
+        let mut replaced = Vec::new();
+        if let Some(p) = &self.lm_weights {
+            files.lm_weights = p.clone();
+            replaced.push(format!("LM {}", p.display()));
+        }
+        if let Some(p) = &self.mimi_weights {
+            files.mimi_weights = p.clone();
+            replaced.push(format!("Mimi {}", p.display()));
+        }
+        if let Some(p) = &self.tokenizer {
+            files.tokenizer = p.clone();
+            replaced.push(format!("tokenizer {}", p.display()));
+        }
+        if let Some(p) = &self.config {
+            files.lm_config = LmConfig::from_json_file(p)?;
+            replaced.push(format!("LM config {}", p.display()));
+        }
+        if let Some(p) = &self.mimi_config {
+            files.mimi_config = MimiConfig::from_json_file(p)?;
+            replaced.push(format!("Mimi config {}", p.display()));
+        }
+        if !replaced.is_empty() && !identity.starts_with("files:") {
+            identity = format!("{identity} with {}", replaced.join(", "));
+        }
         Ok(Loaded { moshi: files.load(dtype, device)?, identity })
     }
 }

@@ -103,7 +103,9 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
                 Some(layers) => {
                     let layers = layers?;
                     let t0 = std::time::Instant::now();
-                    let w = moshi_engine::random_model::RandomMoshi::new_on(layers, &dev)?;
+                    let bar = crate::progress::WeightsBar::new("drawing random weights");
+                    let w = moshi_engine::random_model::RandomMoshi::new_on_with(layers, &dev, &mut |d, t| bar.update(d, t))?;
+                    drop(bar);
                     let (r, d) = (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?);
                     eprintln!("random weights drawn on {dev:?} and built twice in {:.1} s", t0.elapsed().as_secs_f64());
                     (r, d, format!("random full-size, {layers} temporal layers"))

@@ -18,6 +18,11 @@ pub enum EngineError {
     #[error("checkpoint is missing tensor `{name}` (expected shape {expected:?}){hint}")]
     MissingTensor { name: String, expected: Vec<usize>, hint: String },
 
+    /// A checkpoint file does not fit the model (a missing tensor, a wrong shape, a tensor
+    /// Candle cannot read): the inner error, with the file it came from.
+    #[error("{}: {source}", path.display())]
+    Checkpoint { path: PathBuf, source: Box<EngineError> },
+
     /// A configuration file could not be read or makes no sense.
     #[error("config {path}: {msg}")]
     Config { path: String, msg: String },
@@ -49,3 +54,20 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl EngineError {
+    /// Name `paths` (the checkpoint files being loaded) in an error about their contents; errors
+    /// that already name their file (opening, reading the header) are left as they are.
+    pub(crate) fn in_checkpoint(self, paths: &[PathBuf]) -> Self {
+        match self {
+            EngineError::WrongShape { .. } | EngineError::MissingTensor { .. } | EngineError::Candle(_) => {
+                let path = match paths {
+                    [one] => one.clone(),
+                    many => PathBuf::from(many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+                };
+                EngineError::Checkpoint { path, source: Box::new(self) }
+            }
+            other => other,
+        }
+    }
+}

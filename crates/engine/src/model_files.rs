@@ -18,14 +18,80 @@ pub const RELEASED_LM: &str = "model.safetensors";
 pub const RELEASED_MIMI: &str = "tokenizer-e351c8d8-checkpoint125.safetensors";
 pub const RELEASED_TOKENIZER: &str = "tokenizer_spm_32k_3.model";
 
-/// Every file a Moshi needs, with the configurations.
-#[derive(Debug, Clone)]
-pub struct MoshiFiles {
-    pub lm_weights: PathBuf,
-    pub lm_config: LmConfig,
-    pub mimi_weights: PathBuf,
-    pub mimi_config: MimiConfig,
-    pub tokenizer: PathBuf,
+/// The file names a Moshi folder or repository holds, as Kyutai's `config.json` gives them
+/// (`CheckpointInfo.from_hf_repo` in the reference: `moshi_name`, `mimi_name`, `tokenizer_name`,
+/// the optional `mimi_config_name`), or the released names when there is no `config.json` (the
+/// legacy moshiko/moshika repositories).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub lm: String,
+    pub mimi: String,
+    pub tokenizer: String,
+    /// A Mimi config file; the real Mimi's config when absent.
+    pub mimi_config: Option<String>,
+    /// Whether the names came from a `config.json` (which then also holds the LM config).
+    pub from_config: bool,
+}
+
+impl Manifest {
+    /// The released repositories' names (no `config.json`).
+    pub fn released() -> Self {
+        Self { lm: RELEASED_LM.into(), mimi: RELEASED_MIMI.into(), tokenizer: RELEASED_TOKENIZER.into(), mimi_config: None, from_config: false }
+    }
+
+    /// The names in a Kyutai `config.json`.
+    pub fn from_config_json(path: &Path) -> Result<Self> {
+        let err = |msg: String| EngineError::Config { path: path.display().to_string(), msg };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let name = |key: &str, default: &str| -> Result<String> {
+            match raw.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default.to_string()),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                Some(v) => Err(err(format!("`{key}` must be a file name, got {v}"))),
+            }
+        };
+        let mimi_config = match raw.get("mimi_config_name") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) => Some(name("mimi_config_name", "")?),
+        };
+        let m = Self { lm: name("moshi_name", RELEASED_LM)?, mimi: name("mimi_name", RELEASED_MIMI)?, tokenizer: name("tokenizer_name", RELEASED_TOKENIZER)?, mimi_config, from_config: true };
+        m.check_supported().map_err(err)?;
+        Ok(m)
+    }
+
+    /// `config.json` in `dir` when there is one, else the released names.
+    pub fn of_dir(dir: &Path) -> Result<Self> {
+        let cfg = dir.join("config.json");
+        if cfg.is_file() {
+            Self::from_config_json(&cfg)
+        } else {
+            Ok(Self::released())
+        }
+    }
+
+    /// Layouts moshi-rs does not read (MLX `.npz`/`.safetensors` of Kyutai's MLX repos are named
+    /// by the repository, GGUF by its extension), refused by name before anything is loaded.
+    fn check_supported(&self) -> std::result::Result<(), String> {
+        for f in [&self.lm, &self.mimi] {
+            let lower = f.to_ascii_lowercase();
+            if lower.ends_with(".gguf") {
+                return Err(format!("`{f}` is a GGUF (quantized) checkpoint, which moshi-rs does not read yet; use a bf16 safetensors repository such as kyutai/moshiko-candle-bf16"));
+            }
+            if lower.ends_with(".npz") || lower.ends_with(".pt") || lower.ends_with(".bin") {
+                return Err(format!("`{f}` is not a safetensors checkpoint; moshi-rs reads Kyutai's PyTorch and Candle safetensors layouts"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Mimi config this manifest names, read from `dir` (the real Mimi's when none).
+    pub fn mimi_config_in(&self, dir: &Path) -> Result<MimiConfig> {
+        match &self.mimi_config {
+            Some(rel) => MimiConfig::from_json_file(&dir.join(rel)),
+            None => Ok(MimiConfig::default()),
+        }
+    }
 }
 
 fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
@@ -36,42 +102,52 @@ fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
     }
 }
 
+/// Every file a Moshi needs, with the configurations.
+#[derive(Debug, Clone)]
+pub struct MoshiFiles {
+    pub lm_weights: PathBuf,
+    pub lm_config: LmConfig,
+    pub mimi_weights: PathBuf,
+    pub mimi_config: MimiConfig,
+    pub tokenizer: PathBuf,
+}
+
 impl MoshiFiles {
-    /// The files of a folder. With a `config.json` (Kyutai's layout, as `CheckpointInfo` reads it:
-    /// the LM fields at top level; `moshi_name`, `mimi_name`, `tokenizer_name` and the optional
-    /// `mimi_config_name` (a Mimi config file; the real Mimi's when absent), relative to the
-    /// folder), those; without one, the released file names and the 7B / real-Mimi configs.
+    /// The files of a folder: those its `config.json` names (Kyutai's layout, see [`Manifest`]:
+    /// the LM fields at top level, file names relative to the folder), or without one the
+    /// released file names and the 7B / real-Mimi configs. A folder with neither says so.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let (lm_config, lm, mimi, tok, mimi_config) = if cfg_path.is_file() {
-            let lm_config = LmConfig::from_json_file(&cfg_path)?;
-            let err = |msg: String| EngineError::Config { path: cfg_path.display().to_string(), msg };
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(e.to_string()))?;
-            let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-            let name = |key: &str, default: &str| raw.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string();
-            let mimi_config = match raw.get("mimi_config_name").and_then(|v| v.as_str()) {
-                Some(rel) => MimiConfig::from_json_file(&dir.join(rel))?,
-                None => MimiConfig::default(),
-            };
-            (lm_config, name("moshi_name", RELEASED_LM), name("mimi_name", RELEASED_MIMI), name("tokenizer_name", RELEASED_TOKENIZER), mimi_config)
-        } else {
-            (LmConfig::default(), RELEASED_LM.into(), RELEASED_MIMI.into(), RELEASED_TOKENIZER.into(), MimiConfig::default())
-        };
+        if !dir.is_dir() {
+            return Err(EngineError::ModelFiles { path: dir.to_path_buf(), msg: "not a folder".into() });
+        }
+        let manifest = Manifest::of_dir(dir)?;
+        if !manifest.from_config && !dir.join(RELEASED_LM).is_file() {
+            return Err(EngineError::ModelFiles {
+                path: dir.to_path_buf(),
+                msg: format!("the folder has no config.json (Kyutai's, naming the model files) and no {RELEASED_LM} of the released layout"),
+            });
+        }
+        let lm_config = if manifest.from_config { LmConfig::from_json_file(&dir.join("config.json"))? } else { LmConfig::default() };
         Ok(Self {
-            lm_weights: existing(dir.join(lm), "LM weights")?,
+            lm_weights: existing(dir.join(&manifest.lm), "LM weights")?,
             lm_config,
-            mimi_weights: existing(dir.join(mimi), "Mimi weights")?,
-            mimi_config,
-            tokenizer: existing(dir.join(tok), "SentencePiece tokenizer")?,
+            mimi_weights: existing(dir.join(&manifest.mimi), "Mimi weights")?,
+            mimi_config: manifest.mimi_config_in(dir)?,
+            tokenizer: existing(dir.join(&manifest.tokenizer), "SentencePiece tokenizer")?,
         })
     }
 
     /// Load everything, checking names and shapes before reading tensors.
     pub fn load(&self, dtype: DType, device: &Device) -> Result<Moshi> {
         // Mimi runs in f32 whatever the LM's dtype: every reference anchor is f32, and it is small.
+        let t0 = std::time::Instant::now();
+        tracing::info!(file = %self.mimi_weights.display(), ?device, "loading Mimi (f32)");
         let mimi = Mimi::load(&self.mimi_weights, &self.mimi_config, DType::F32, device)?;
+        tracing::info!(file = %self.lm_weights.display(), ?dtype, ?device, "loading the LM");
         let lm = LmModel::load(std::slice::from_ref(&self.lm_weights), &self.lm_config, dtype, device)?;
+        tracing::info!(file = %self.tokenizer.display(), "loading the tokenizer");
         let tokenizer = Tokenizer::from_file(&self.tokenizer)?;
+        tracing::info!(seconds = t0.elapsed().as_secs_f64(), "model loaded");
         Moshi::new(mimi, lm, tokenizer)
     }
 }

@@ -59,8 +59,13 @@ impl RandomMoshi {
     /// As `new`, the LM's f32 weights drawn on `device` (a GPU draws the 7B's 7.7 G values in
     /// a second; the CPU takes minutes), built from there on every device.
     pub fn new_on(layers: usize, device: &Device) -> Result<Self> {
+        Self::new_on_with(layers, device, &mut |_, _| {})
+    }
+
+    /// As `new_on`, reporting `progress(values drawn, values in all)` as it goes.
+    pub fn new_on_with(layers: usize, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
-        let lm = crate::lm::random::random_weights(&lm_config, DType::F32, device)?;
+        let lm = crate::lm::random::random_weights_with(&lm_config, DType::F32, device, progress)?;
         Ok(Self { lm_config, lm, mimi: mimi_tensors()? })
     }
 
@@ -75,9 +80,11 @@ impl RandomMoshi {
 /// A full-size Moshi with random weights made directly on `device` (the LM in `dtype`, drawn
 /// there: 15 GB of bf16 for the 7B in seconds on a GPU; Mimi in f32), for benchmarks, where the
 /// values do not matter but the shapes do. Not reproducible across devices.
-pub fn build_on(layers: usize, dtype: DType, device: &Device) -> Result<Moshi> {
+/// `progress(values drawn, values in all)` is called as the LM's weights are drawn.
+pub fn build_on(layers: usize, dtype: DType, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Moshi> {
     let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
     let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(mimi_tensors()?, DType::F32, device))?;
-    let lm = LmModel::from_tensors(&lm_config, crate::lm::random::random_weights(&lm_config, dtype, device)?, dtype, device)?;
+    let weights = crate::lm::random::random_weights_with(&lm_config, dtype, device, progress)?;
+    let lm = LmModel::from_tensors(&lm_config, weights, dtype, device)?;
     Moshi::new(mimi, lm, Tokenizer::synthetic(lm_config.text_card)?)
 }

@@ -78,10 +78,7 @@ fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
 
 fn temperature(key: &str, v: &str) -> Result<f64, String> {
     let t: f64 = parse(key, v)?;
-    if !t.is_finite() || t < 0.0 {
-        return Err(format!("query parameter {key}={v:?}: a temperature must be finite and ≥ 0"));
-    }
-    Ok(t)
+    moshi_engine::lm::sampling::check_temperature(t).map_err(|e| format!("query parameter {key}={v:?}: {e}"))
 }
 
 /// A top-k past the vocabulary means "no truncation" (Kyutai's clients send 250 whatever the
@@ -94,12 +91,8 @@ fn top_k(key: &str, v: &str, vocab: usize) -> Result<usize, String> {
     Ok(k.min(vocab))
 }
 
-fn sampling(t: f64, k: usize) -> SamplingConfig {
-    if t == 0.0 {
-        SamplingConfig::greedy()
-    } else {
-        SamplingConfig::sampled(t, k)
-    }
+fn sampling(t: f64, k: usize) -> Result<SamplingConfig, String> {
+    SamplingConfig::from_user(t, k)
 }
 
 impl SessionParams {
@@ -120,11 +113,11 @@ impl SessionParams {
         let ak = get("audio_topk").map(|v| top_k("audio_topk", v, audio_vocab)).transpose()?;
         let text = match (tt, tk) {
             (None, None) => dt,
-            (t, k) => sampling(t.unwrap_or(dt.temperature.unwrap_or(0.0)), k.unwrap_or(dt.top_k.max(1))),
+            (t, k) => sampling(t.unwrap_or(dt.temperature.unwrap_or(0.0)), k.unwrap_or(dt.top_k.max(1)))?,
         };
         let audio = match (at, ak) {
             (None, None) => da,
-            (t, k) => sampling(t.unwrap_or(da.temperature.unwrap_or(0.0)), k.unwrap_or(da.top_k.max(1))),
+            (t, k) => sampling(t.unwrap_or(da.temperature.unwrap_or(0.0)), k.unwrap_or(da.top_k.max(1)))?,
         };
         let seed = match (get("text_seed"), get("audio_seed")) {
             (Some(v), _) => parse::<u64>("text_seed", v)?,

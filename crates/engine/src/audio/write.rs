@@ -9,13 +9,37 @@ use super::AudioError;
 /// Writes `samples` as a mono 32-bit float WAV at `sample_rate`, bit-exact (reading it back with
 /// [`decode_file`](super::decode_file) returns the same values).
 ///
+/// The header is the plain one (`WAVE_FORMAT_IEEE_FLOAT`, tag 3, with a `fact` chunk), not the
+/// `WAVE_FORMAT_EXTENSIBLE` form hound writes for 32-bit samples: some players and tools read
+/// only the plain one, and every reader that reads float WAV reads it.
+///
 /// All samples are checked first: a NaN or infinity is an [`AudioError::NonFiniteSample`] naming
 /// its index, and no file is created. Values outside `[-1, 1]` are written as they are (float
 /// WAV can hold them; players will clip).
 pub fn write_wav(path: &Path, samples: &[f32], sample_rate: u32) -> Result<(), AudioError> {
     check(path, samples, sample_rate)?;
-    let spec = WavSpec { channels: 1, sample_rate, bits_per_sample: 32, sample_format: SampleFormat::Float };
-    write_with(path, spec, samples.iter().copied())
+    let data_len = samples.len() as u32 * 4;
+    let mut bytes = Vec::with_capacity(58 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(4 + (8 + 18) + (8 + 4) + (8 + data_len)).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&18u32.to_le_bytes());
+    bytes.extend_from_slice(&3u16.to_le_bytes()); // WAVE_FORMAT_IEEE_FLOAT
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&sample_rate.to_le_bytes());
+    bytes.extend_from_slice(&(sample_rate * 4).to_le_bytes()); // bytes per second
+    bytes.extend_from_slice(&4u16.to_le_bytes()); // block align
+    bytes.extend_from_slice(&32u16.to_le_bytes()); // bits per sample
+    bytes.extend_from_slice(&0u16.to_le_bytes()); // no extension
+    bytes.extend_from_slice(b"fact");
+    bytes.extend_from_slice(&4u32.to_le_bytes());
+    bytes.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, bytes).map_err(|e| AudioError::Write { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 /// Writes `samples` as a mono 16-bit integer WAV at `sample_rate`. Samples are clamped to

@@ -120,12 +120,12 @@ impl LmModel {
         for p in paths {
             header.extend(crate::weights::read_header(p)?.into_iter().map(|(n, s, _)| (n, s)));
         }
-        let (_, unused) = check_checkpoint(cfg, &header)?;
+        let (_, unused) = check_checkpoint(cfg, &header).map_err(|e| e.in_checkpoint(paths))?;
         if !unused.is_empty() {
             tracing::warn!("{} checkpoint tensors are not used by the LM, e.g. {}", unused.len(), unused[0]);
         }
         let vb = crate::weights::open_safetensors(paths, dtype, device)?;
-        Self::new(cfg, &vb)
+        Self::new(cfg, &vb).map_err(|e| e.in_checkpoint(paths))
     }
 
     /// Build from in-memory tensors (e.g. `lm::random::random_weights`), names checked first.

@@ -40,10 +40,30 @@ impl SamplingConfig {
         Self::sampled(0.8, 250)
     }
 
+    /// A setting from user input (a CLI flag, a query parameter), validated the same way
+    /// wherever it comes from: the temperature finite and ≥ 0 (0 meaning greedy, the reference's
+    /// rule), top-k at least 1. The error says what was wrong, for the caller to name the flag.
+    pub fn from_user(temperature: f64, top_k: usize) -> std::result::Result<Self, String> {
+        let t = check_temperature(temperature)?;
+        if top_k == 0 {
+            return Err("top-k must be at least 1".into());
+        }
+        Ok(if t == 0.0 { Self::greedy() } else { Self::sampled(t, top_k) })
+    }
+
     /// Greedy unless a positive temperature is set. With a temperature, `top_k` 0 samples from
     /// the whole vocabulary (noise in token order, as the reference's `multinomial`).
     pub fn is_greedy(&self) -> bool {
         !matches!(self.temperature, Some(t) if t > 0.0)
+    }
+}
+
+/// A temperature from user input: finite and ≥ 0 (0 is greedy), else an error saying so.
+pub fn check_temperature(t: f64) -> std::result::Result<f64, String> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(t)
+    } else {
+        Err(format!("a temperature must be finite and ≥ 0, got {t}"))
     }
 }
 

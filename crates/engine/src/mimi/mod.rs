@@ -145,8 +145,9 @@ impl Mimi {
 
     /// Load from a safetensors file in `dtype` on `device`.
     pub fn load(path: &Path, cfg: &MimiConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let vb = crate::weights::open_safetensors(&[path.to_path_buf()], dtype, device)?;
-        Self::new(cfg, vb)
+        let paths = [path.to_path_buf()];
+        let vb = crate::weights::open_safetensors(&paths, dtype, device)?;
+        Self::new(cfg, vb).map_err(|e| e.in_checkpoint(&paths))
     }
 
     /// Load a model folder holding `config.json` (Kyutai's field names; the real Mimi's values
