@@ -15,7 +15,7 @@ use crate::stats::percentile;
 
 #[derive(Debug, Subcommand)]
 pub enum CodecCommand {
-    /// Audio file (wav, flac, mp3, ogg/vorbis; any rate, any channels) → codes (safetensors).
+    /// Audio file (wav, flac, mp3, ogg/vorbis, ogg/opus; any rate, any channels) → codes (safetensors).
     Encode {
         /// The audio to encode.
         input: PathBuf,

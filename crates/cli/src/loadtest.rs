@@ -11,10 +11,10 @@ use crate::sources::MoshiSource;
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Concurrent conversations.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub conversations: usize,
     /// Seconds each conversation streams audio.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
     pub seconds: f64,
     /// A running server on this machine (ws://127.0.0.1:PORT/api/chat); default: start one
     /// in-process with --conversations slots (the report then includes its step times).
@@ -25,8 +25,10 @@ pub struct LoadArgs {
     pub slots: Option<usize>,
     #[command(flatten)]
     pub source: MoshiSource,
+    /// Where the model runs (cuda and metal need a build with that feature).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The LM's dtype; Mimi always runs in f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
 }

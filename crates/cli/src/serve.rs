@@ -17,16 +17,17 @@ pub struct ServeArgs {
     /// Address to bind; 127.0.0.1 keeps the server local (use 0.0.0.0 to expose it, with TLS).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 8998)]
     pub port: u16,
     /// Conversations batched together; one more client is refused with an error message.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub max_conversations: usize,
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
     /// Seconds of user audio buffered per conversation at most.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
     pub max_buffered_input: f64,
     /// Browser origins allowed besides the server's own page (repeatable), e.g.
     /// https://moshi.example.org. Clients that send no Origin header are always allowed.
@@ -45,8 +46,10 @@ pub struct ServeArgs {
     /// Default sampling (clients may override it with query parameters).
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Where the model runs (cuda and metal need a build with that feature).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The LM's dtype; Mimi always runs in f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
     /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the

@@ -24,6 +24,7 @@ pub enum VerifyCommand {
     /// conversion, in-place KV writes) on --device against the CPU in f32, contiguous and not, in
     /// f32 and bf16.
     Ops {
+        /// The device under test (cuda and metal need a build with that feature).
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
         /// Perturb one op's device result (OP, OP:f32 or OP:bf16) to see the check catch it.
@@ -36,8 +37,10 @@ pub enum VerifyCommand {
     Model {
         #[command(flatten)]
         source: MoshiSource,
+        /// The device under test (cuda and metal need a build with that feature).
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// The LM's dtype on the device under test (Mimi runs in f32).
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
         /// 80 ms frames of the test signal.
@@ -47,6 +50,7 @@ pub enum VerifyCommand {
         /// the device side by 1 + --fault-scale.
         #[arg(long)]
         inject_fault_layer: Option<usize>,
+        /// The relative size of the injected fault.
         #[arg(long, default_value_t = 1e-2)]
         fault_scale: f64,
         /// KV cache kinds to stream the LM with (comma-separated), each compared with the CPU.

@@ -126,10 +126,10 @@ fn run_rejects_bad_inputs_cleanly() {
     let hello = repo().join("assets/hello.wav");
     let h = hello.to_str().unwrap();
     assert_clean_failure(&["run", "--input", h, "--output", o, "--model", "/nonexistent/folder"], "/nonexistent/folder");
-    // A folder without the model files names the first one missing.
+    // A folder without config.json or the released files says so.
     let dir = tmp("empty_model_dir");
     std::fs::create_dir_all(&dir).unwrap();
-    assert_clean_failure(&["run", "--input", h, "--output", o, "--model", dir.to_str().unwrap()], "model.safetensors");
+    assert_clean_failure(&["run", "--input", h, "--output", o, "--model", dir.to_str().unwrap()], "no config.json");
     // The tiny LM with the real Mimi config: Mimi's weights do not fit.
     let lm = repo().join("golden/moshi_tiny");
     let args = [
@@ -269,5 +269,6 @@ fn run_resolves_a_repo_from_the_hf_cache_offline() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the cached repo is the tiny Moshi");
     let missing = go("test/not-there", &a);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("test/not-there is not (completely) in the local cache"));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("HF_HUB_OFFLINE=1 and") && err.contains("of test/not-there is not in the local Hugging Face cache"), "{err}");
 }
