@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call on the H200 (see ../shared/GPU.md and docs/benchmarks.md): issue 6's figures.
+# One device call on the H200 (see docs/benchmarks.md, "How to reproduce"): issue 6's figures.
 # Expects the stripped CUDA build at .device/moshi-rs(.gz) and the reference wheel
 # .device/moshi-0.2.13-py3-none-any.whl (`pip download --no-deps moshi==0.2.13 -d .device`),
 # carried with `carry: [".device"]`. Writes every output under $OUT. PARTS picks what runs:

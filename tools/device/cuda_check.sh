@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One device call on the H200 (see ../shared/GPU.md): verify ops and model on CUDA, the full-size
+# One device call on the H200 (see docs/benchmarks.md, "How to reproduce"): verify ops and model on CUDA, the full-size
 # LM step benchmark, the pipeline benchmark. Expects the CUDA build of moshi-rs at .device/moshi-rs
 # (carried: `carry: [".device"]`) and writes every output under $OUT.
 #
-#   here:   eval "$(../shared/tools/cuda-toolchain.sh)"
+#   here:   eval "$(tools/device/cuda-toolchain.sh)"
 #           CUDA_COMPUTE_CAP=90 CARGO_TARGET_DIR=/work/target-cuda cargo build --release -p moshi-rs --features cuda
 #           mkdir -p .device && cp /work/target-cuda/release/moshi-rs .device/ && strip .device/moshi-rs
 #   device: bash tools/device/cuda_check.sh

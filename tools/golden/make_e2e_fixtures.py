@@ -296,10 +296,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=REPO / "golden")
     ap.add_argument("--names", type=Path,
-                    default=Path("/work/shared/reference/moshi7b_checkpoint_names.txt"))
+                    default=REPO / "golden" / "moshi7b_checkpoint_names.txt")
     args = ap.parse_args()
-    if not args.names.exists():
-        args.names = REPO / "golden" / "moshi7b_checkpoint_names.txt"
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -530,10 +530,8 @@ def main():
     repo = Path(__file__).resolve().parents[2]
     ap.add_argument("--out", type=Path, default=repo / "golden")
     ap.add_argument("--names", type=Path,
-                    default=Path("/work/shared/reference/moshi7b_checkpoint_names.txt"))
+                    default=repo / "golden" / "moshi7b_checkpoint_names.txt")
     args = ap.parse_args()
-    if not args.names.exists():
-        args.names = repo / "golden" / "moshi7b_checkpoint_names.txt"
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -98,7 +98,7 @@ pub fn cli_name(v: &impl ValueEnum) -> String {
 
 /// The device `--device` names.
 pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
-    Ok(match arg {
+    let device = match arg {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => {
             let d = Device::new_cuda(0).context("--device cuda (was moshi-rs built with --features cuda?)")?;
@@ -106,7 +106,9 @@ pub fn device(arg: DeviceArg) -> anyhow::Result<Device> {
             d
         }
         DeviceArg::Metal => Device::new_metal(0).context("--device metal (was moshi-rs built with --features metal?)")?,
-    })
+    };
+    tracing::info!(device = ?device, threads = candle_core::utils::get_num_threads(), "device ready");
+    Ok(device)
 }
 
 /// The dtype `--dtype` names.
