@@ -1,10 +1,15 @@
 //! Tests for `moshi_engine::audio`. Every input file is generated here, into a unique folder
 //! under the system temp dir: WAVs with hound (or by hand for 64-bit float), FLAC by a tiny
-//! verbatim-subframe encoder (audio/flac.rs). MP3 and Ogg/Vorbis cannot be generated without an encoder,
-//! so those paths are not exercised here.
+//! verbatim-subframe encoder (audio/flac.rs), Ogg Opus with opus-rs's encoder (audio/opus_util.rs,
+//! tests in audio/opus.rs, plus one file made by libopus: tests/data/hello.opus). MP3 and
+//! Ogg/Vorbis cannot be generated without an encoder, so those paths are not exercised here.
 
 #[path = "audio/flac.rs"]
 mod flac;
+#[path = "audio/opus.rs"]
+mod opus;
+#[path = "audio/opus_util.rs"]
+mod opus_util;
 #[path = "audio/util.rs"]
 mod util;
 

@@ -3,13 +3,21 @@
 //!
 //! Opus is `opus-rs`, a pure-Rust port of libopus 1.6: no system library, so `cargo build` works
 //! on a fresh machine. Interoperability with libopus is exercised by the browser test (Chromium's
-//! WebCodecs encoder and decoder are libopus). Decoding never panics on hostile input: a packet
-//! the decoder rejects, or that makes it panic, is counted and skipped.
+//! WebCodecs encoder and decoder are libopus). Reading is the engine's (`moshi_engine::audio`):
+//! its Ogg packet reader, its `OpusHead` checks and its packet decoder, the ones `moshi-rs run`
+//! uses on Ogg Opus files, so that the same packets give the same samples in both (a test below
+//! checks it). Decoding never panics on hostile input: a packet the decoder rejects, or that
+//! makes it panic, is counted and skipped. What is the server's own: the bounds per message and
+//! on the buffer, and the writing side.
+//!
+//! Unlike a file player, the input side keeps the stream's first samples (it does not remove the
+//! OpusHead pre-skip): live audio has no start to align, and the model hears the stream as it
+//! comes.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use opus_rs::{Application, OpusDecoder, OpusEncoder};
+use moshi_engine::audio::opus::{OpusHead, OpusHeadError, OpusPacketDecoder};
+use opus_rs::{Application, OpusEncoder};
 
 use crate::ogg_stream::{OggOpusWriter, OggPacketStream, OggStreamError};
 
@@ -18,8 +26,6 @@ use crate::ogg_stream::{OggOpusWriter, OggPacketStream, OggStreamError};
 pub const SAMPLE_RATE: usize = 24_000;
 /// Samples per outgoing Opus packet (40 ms, as Kyutai's servers send).
 pub const OUT_PACKET: usize = 960;
-/// The longest Opus packet: 120 ms.
-const MAX_PACKET_SAMPLES: usize = SAMPLE_RATE * 120 / 1000;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AudioInError {
@@ -35,15 +41,25 @@ pub enum AudioInError {
     TooMuchAudio(usize),
 }
 
+impl From<OpusHeadError> for AudioInError {
+    fn from(e: OpusHeadError) -> Self {
+        match e {
+            OpusHeadError::NotOpus(shown) => AudioInError::NotOpus(shown),
+            e => AudioInError::BadHead(e.to_string()),
+        }
+    }
+}
+
 /// Incoming audio of one connection: Ogg pages (split across messages as they come) → Opus
-/// packets → 24 kHz mono samples, buffered up to a bound (the oldest samples are dropped past it).
+/// packets → 24 kHz mono samples (stereo is mixed down), buffered up to a bound (the oldest
+/// samples are dropped past it).
 pub struct OpusInput {
     ogg: OggPacketStream,
-    decoder: OpusDecoder,
+    /// Made from the OpusHead (the first packet).
+    decoder: Option<OpusPacketDecoder>,
     packets: u64,
     pcm: VecDeque<f32>,
     max_pcm: usize,
-    scratch: Vec<f32>,
     bad_in_a_row: u64,
     /// Packets skipped because they did not decode.
     pub bad_packets: u64,
@@ -59,11 +75,10 @@ impl OpusInput {
     pub fn new(max_pcm: usize, max_ogg: usize) -> Self {
         Self {
             ogg: OggPacketStream::new(max_ogg),
-            decoder: OpusDecoder::new(SAMPLE_RATE as i32, 1).expect("24 kHz mono is a valid Opus decoder"),
+            decoder: None,
             packets: 0,
             pcm: VecDeque::new(),
             max_pcm,
-            scratch: vec![0f32; MAX_PACKET_SAMPLES],
             bad_in_a_row: 0,
             bad_packets: 0,
             dropped_samples: 0,
@@ -76,19 +91,18 @@ impl OpusInput {
         for packet in self.ogg.push(bytes)? {
             self.packets += 1;
             if self.packets == 1 {
-                check_head(&packet)?;
+                self.decoder = Some(OpusPacketDecoder::new(&OpusHead::parse(&packet)?));
                 continue;
             }
             if packet.starts_with(b"OpusTags") || packet.starts_with(b"OpusHead") {
                 continue;
             }
-            let decoder = &mut self.decoder;
-            let scratch = &mut self.scratch;
-            let decoded = catch_unwind(AssertUnwindSafe(|| decoder.decode(&packet, MAX_PACKET_SAMPLES, scratch)));
-            match decoded {
-                Ok(Ok(n)) if n <= MAX_PACKET_SAMPLES => {
+            // None only after the OpusHead was refused (an error already returned).
+            let Some(decoder) = self.decoder.as_mut() else { continue };
+            match decoder.decode_mono(&packet) {
+                Ok(mono) => {
                     self.bad_in_a_row = 0;
-                    added += n;
+                    added += mono.len();
                     // A message is a page or two of real-time audio; one that decodes to more
                     // than the whole buffer (e.g. thousands of 1-byte "lost" packets, 120 ms
                     // each) is refused before it costs memory or time.
@@ -97,14 +111,13 @@ impl OpusInput {
                         self.pcm.shrink_to(self.max_pcm);
                         return Err(AudioInError::TooMuchAudio(self.max_pcm));
                     }
-                    self.pcm.extend(self.scratch[..n].iter().copied());
+                    self.pcm.extend(mono.iter().copied());
                     self.trim();
                 }
-                _ => {
+                Err(_) => {
+                    // The decoder has started afresh (a panic may leave it inconsistent).
                     self.bad_packets += 1;
                     self.bad_in_a_row += 1;
-                    // A panic may leave the decoder inconsistent: start a fresh one.
-                    self.decoder = OpusDecoder::new(SAMPLE_RATE as i32, 1).expect("valid decoder");
                     if self.bad_in_a_row >= MAX_BAD_IN_A_ROW {
                         return Err(AudioInError::Undecodable(self.bad_in_a_row));
                     }
@@ -138,24 +151,6 @@ impl OpusInput {
     pub fn corrupt_pages(&self) -> u64 {
         self.ogg.corrupt_pages
     }
-}
-
-fn check_head(p: &[u8]) -> Result<(), AudioInError> {
-    if !p.starts_with(b"OpusHead") {
-        let shown: String = p.iter().take(8).map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
-        return Err(AudioInError::NotOpus(shown));
-    }
-    if p.len() < 19 {
-        return Err(AudioInError::BadHead(format!("{} bytes, at least 19 expected", p.len())));
-    }
-    let channels = p[9];
-    if channels == 0 || channels > 2 {
-        return Err(AudioInError::BadHead(format!("{channels} channels (mono or stereo expected; stereo is mixed down)")));
-    }
-    if p[18] != 0 {
-        return Err(AudioInError::BadHead(format!("channel mapping family {} (only 0 is supported)", p[18])));
-    }
-    Ok(())
 }
 
 /// Outgoing audio of one connection: the model's 24 kHz frames → Ogg Opus messages.
@@ -217,6 +212,47 @@ mod tests {
         let (ei, eo) = (e(&signal), e(&back));
         assert!((eo / ei - 1.0).abs() < 0.2, "energy in {ei}, out {eo}");
         assert_eq!(input.bad_packets, 0);
+    }
+
+    /// `moshi-rs run` on a file and `serve` on a connection decode the same packets to the same
+    /// samples: the file player removes the pre-skip (80 ms here), the connection keeps it.
+    #[test]
+    fn a_file_and_a_connection_give_the_same_samples() {
+        let path = std::env::temp_dir().join(format!("moshi-server-same-samples-{}.opus", std::process::id()));
+        // Mono, as the server writes it.
+        let mut out = OpusOutput::new(7);
+        let mut bytes = Vec::new();
+        for frame in tone(1920 * 12).chunks(1920) {
+            bytes.extend(out.encode(frame).unwrap());
+        }
+        // Stereo, as a client may send it (one channel a different tone).
+        let mut enc = OpusEncoder::new(SAMPLE_RATE as i32, 2, Application::Audio).unwrap();
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        let mut head = crate::ogg_stream::opus_head(3840, 48_000);
+        head[9] = 2;
+        w.write_packet(head, 3, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        w.write_packet(crate::ogg_stream::opus_tags("test"), 3, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        let right: Vec<f32> = (0..960 * 30).map(|i| 0.2 * (i as f32 * 0.05).sin()).collect();
+        let inter: Vec<f32> = tone(960 * 30).iter().zip(&right).flat_map(|(&l, &r)| [l, r]).collect();
+        let mut packet = vec![0u8; 4000];
+        for (i, chunk) in inter.chunks(2 * 960).enumerate() {
+            let n = enc.encode(chunk, 960, &mut packet).unwrap();
+            let end = if i == 29 { ogg::PacketWriteEndInfo::EndStream } else { ogg::PacketWriteEndInfo::NormalPacket };
+            w.write_packet(packet[..n].to_vec(), 3, end, 1920 * (i as u64 + 1)).unwrap();
+        }
+        for (bytes, channels) in [(bytes, 1), (w.into_inner(), 2)] {
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(moshi_engine::audio::decode_file(&path).unwrap().channels, channels);
+            let file = moshi_engine::audio::load_mono_24k(&path).unwrap();
+            let mut input = OpusInput::new(SAMPLE_RATE * 10, 1 << 16);
+            for piece in bytes.chunks(333) {
+                input.push(piece).unwrap();
+            }
+            let stream = input.take(input.available()).unwrap();
+            assert_eq!(stream.len(), file.len() + 1920, "{channels} channel(s)");
+            assert_eq!(&stream[1920..], &file[..], "{channels} channel(s)");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

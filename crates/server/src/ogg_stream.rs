@@ -1,138 +1,24 @@
 //! Ogg framing of the Opus audio in Kyutai's protocol (docs/protocol.md), on the `ogg` crate:
 //! - [`OggPacketStream`] reassembles packets from the bytes of all audio messages of a connection
 //!   (pages may be split or merged across messages), bounded in memory, resynchronising on the
-//!   next `OggS` after a corrupt page;
+//!   next `OggS` after a corrupt page. It is the engine's reader
+//!   (`moshi_engine::audio::ogg_stream`), the one that also reads Ogg Opus files;
 //! - [`OggOpusWriter`] writes what Kyutai's clients decode: the OpusHead packet alone on the first
 //!   (BOS) page, OpusTags on the second, then one Opus packet per page with granule positions in
 //!   48 kHz units.
 
-use ogg::reading::{BasePacketReader, PageParser};
+use moshi_engine::audio::opus::OpusHead;
 use ogg::{PacketWriteEndInfo, PacketWriter};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OggStreamError {
-    #[error("more than {max} bytes of audio buffered without a complete Ogg page")]
-    Overflow { max: usize },
-    #[error("more than {max} bytes of Ogg pages without a complete packet")]
-    PacketTooLong { max: usize },
-}
+pub use moshi_engine::audio::ogg_stream::{OggPacketStream, OggStreamError};
 
-/// Incremental Ogg reader for one connection.
-pub struct OggPacketStream {
-    buf: Vec<u8>,
-    reader: BasePacketReader,
-    max_buffer: usize,
-    /// Pages rejected (bad header or checksum) and skipped.
-    pub corrupt_pages: u64,
-    /// The stream serial of the first page: a connection carries one logical stream; pages of
-    /// other serials are skipped (the reader would otherwise keep state for each).
-    serial: Option<u32>,
-    /// Page bytes accepted since the last completed packet (a packet continued page after page
-    /// would otherwise grow without bound inside the reader).
-    since_packet: usize,
-    /// Pages of other streams skipped.
-    pub foreign_pages: u64,
-}
-
+#[cfg(test)]
 const CAPTURE: &[u8; 4] = b"OggS";
-
-impl OggPacketStream {
-    /// `max_buffer`: the most bytes held while waiting for a page to complete (a page is at most
-    /// 27 + 255 + 255·255 bytes).
-    pub fn new(max_buffer: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            reader: BasePacketReader::new(),
-            max_buffer,
-            corrupt_pages: 0,
-            serial: None,
-            since_packet: 0,
-            foreign_pages: 0,
-        }
-    }
-
-    /// Add the payload of one audio message; returns every packet completed by it, in order.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, OggStreamError> {
-        self.buf.extend_from_slice(bytes);
-        let mut packets = Vec::new();
-        loop {
-            // Resynchronise: drop anything before the next capture pattern.
-            match self.buf.windows(4).position(|w| w == CAPTURE) {
-                Some(0) => {}
-                Some(i) => {
-                    self.buf.drain(..i);
-                }
-                None => {
-                    let keep = self.buf.len().min(3);
-                    self.buf.drain(..self.buf.len() - keep);
-                    break;
-                }
-            }
-            if self.buf.len() < 27 {
-                break;
-            }
-            let header: [u8; 27] = self.buf[..27].try_into().expect("27 bytes");
-            let (mut parser, nseg) = match PageParser::new(header) {
-                Ok(p) => p,
-                Err(_) => {
-                    self.skip_bad_page();
-                    continue;
-                }
-            };
-            if self.buf.len() < 27 + nseg {
-                break;
-            }
-            let body = parser.parse_segments(self.buf[27..27 + nseg].to_vec());
-            let total = 27 + nseg + body;
-            if self.buf.len() < total {
-                break;
-            }
-            let serial = u32::from_le_bytes(header[14..18].try_into().expect("4 bytes"));
-            if *self.serial.get_or_insert(serial) != serial {
-                self.foreign_pages += 1;
-                self.buf.drain(..total);
-                continue;
-            }
-            let data = self.buf[27 + nseg..total].to_vec();
-            match parser.parse_packet_data(data).map(|page| self.reader.push_page(page)) {
-                Ok(Ok(())) => {
-                    self.buf.drain(..total);
-                    self.since_packet += total;
-                    while let Some(p) = self.reader.read_packet() {
-                        self.since_packet = 0;
-                        packets.push(p.data);
-                    }
-                    if self.since_packet > self.max_buffer {
-                        return Err(OggStreamError::PacketTooLong { max: self.max_buffer });
-                    }
-                }
-                _ => self.skip_bad_page(),
-            }
-        }
-        if self.buf.len() > self.max_buffer {
-            self.buf.clear();
-            return Err(OggStreamError::Overflow { max: self.max_buffer });
-        }
-        Ok(packets)
-    }
-
-    fn skip_bad_page(&mut self) {
-        self.corrupt_pages += 1;
-        self.buf.drain(..1); // the search for the next capture pattern does the rest
-    }
-}
 
 /// The OpusHead packet (RFC 7845): version 1, mono, `pre_skip` samples at 48 kHz, input rate,
 /// gain 0, channel mapping family 0.
 pub fn opus_head(pre_skip: u16, input_rate: u32) -> Vec<u8> {
-    let mut h = b"OpusHead".to_vec();
-    h.push(1);
-    h.push(1);
-    h.extend_from_slice(&pre_skip.to_le_bytes());
-    h.extend_from_slice(&input_rate.to_le_bytes());
-    h.extend_from_slice(&0i16.to_le_bytes());
-    h.push(0);
-    h
+    OpusHead { version: 1, channels: 1, pre_skip, input_rate, output_gain: 0, mapping_family: 0 }.to_bytes()
 }
 
 /// The OpusTags packet with `vendor` and no comments.

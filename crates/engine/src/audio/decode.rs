@@ -1,11 +1,17 @@
-//! Decoding through symphonia (WAV, FLAC, MP3, Ogg/Vorbis).
+//! Decoding: WAV, FLAC, MP3 and Ogg/Vorbis through symphonia; Ogg/Opus through opus-rs, the
+//! decoder the server uses (`ogg_opus.rs`, which documents how Opus files are played: pre-skip,
+//! end trimming, output gain, damaged pages and packets).
 //!
 //! Behaviour on damaged input, decided here and relied on by the tests:
-//! - **Format detection** is by content. The first bytes must carry a known container magic
-//!   (`RIFF`, `fLaC`, `OggS`, `ID3`, an MPEG audio sync word, ...) before symphonia is asked to
-//!   probe: symphonia's own probe scans up to 1 MiB for *any* marker, and random bytes contain
-//!   MP3 sync words often enough to be "decoded" into noise. The file extension (or the hint
-//!   given to [`decode_bytes`]) only helps symphonia choose among candidates.
+//! - **Format detection** is by content. An `OggS` page whose first packet starts with
+//!   `OpusHead` is Ogg Opus; other Ogg streams (Vorbis) go to symphonia. Containers this build
+//!   cannot read are named by their signature ([`AudioError::UnsupportedContainer`]): MP4/M4A
+//!   (`ftyp` at offset 4), ADTS AAC (sync `FFF1`/`FFF9`), WebM/Matroska (`1A 45 DF A3`), AIFF,
+//!   CAF. Otherwise the first bytes must carry a known container magic (`RIFF`, `fLaC`, `OggS`,
+//!   `ID3`, an MPEG audio sync word) before symphonia is asked to probe: symphonia's own probe
+//!   scans up to 1 MiB for *any* marker, and random bytes contain MP3 sync words often enough to
+//!   be "decoded" into noise. The file extension (or the hint given to [`decode_bytes`]) only
+//!   helps symphonia choose among candidates.
 //! - **Truncated header** (e.g. a WAV cut inside `fmt `): [`AudioError::Truncated`].
 //! - **Truncated data** (e.g. a WAV cut mid-`data`): decoding *succeeds* with every complete
 //!   frame before the cut, and a `tracing` warning says how many frames the header promised.
@@ -17,8 +23,10 @@
 //! - **Chained streams** (symphonia's `ResetRequired`, e.g. a second Ogg logical stream): the
 //!   first stream is returned, with a warning.
 //! - **No samples at all**: [`AudioError::NoAudio`].
-//! - A panic inside symphonia on a malformed file is caught and reported as
-//!   [`AudioError::Malformed`] (the panic message still goes to the panic hook).
+//! - **An Ogg file cut inside its first page**: [`AudioError::Truncated`].
+//! - A panic inside symphonia or the Ogg reader on a malformed file is caught and reported as
+//!   [`AudioError::Malformed`] (the panic message still goes to the panic hook); the Opus
+//!   decoder's panics are contained packet by packet (`opus.rs`).
 
 use std::io::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,13 +40,18 @@ use symphonia::core::io::{MediaSource, MediaSourceStream, MediaSourceStreamOptio
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
+use super::ogg_opus::{self, FirstPage};
 use super::{Audio, AudioError};
 
 /// Name used in errors for [`decode_bytes`] input.
 const MEMORY_NAME: &str = "<memory buffer>";
 
+/// Leading bytes read for format detection (the whole file when it is shorter).
+const HEAD_LEN: usize = ogg_opus::CLASSIFY_LEN;
+
 /// Decodes an audio file (WAV with 8/16/24/32-bit integer or 32/64-bit float PCM, FLAC, MP3,
-/// Ogg/Vorbis) into interleaved `f32` samples.
+/// Ogg/Vorbis, Ogg/Opus) into interleaved `f32` samples. Ogg Opus comes out at 24 kHz with the
+/// channels of its header.
 ///
 /// The format is detected from the content; the extension is only a hint. See the module
 /// documentation for how truncated or damaged files are handled.
@@ -52,7 +65,7 @@ pub fn decode_file(path: &Path) -> Result<Audio, AudioError> {
     if meta.len() == 0 {
         return Err(AudioError::Empty { path: path.to_path_buf() });
     }
-    let mut head = [0u8; 12];
+    let mut head = [0u8; HEAD_LEN];
     let n = read_head(&file, &mut head).map_err(|e| io_error(path, e))?;
     let ext = path.extension().and_then(|e| e.to_str());
     decode_source(Box::new(file), &head[..n], ext, path)
@@ -66,7 +79,7 @@ pub fn decode_bytes(bytes: Vec<u8>, hint_ext: Option<&str>) -> Result<Audio, Aud
     if bytes.is_empty() {
         return Err(AudioError::Empty { path: path.to_path_buf() });
     }
-    let head: Vec<u8> = bytes.iter().take(12).copied().collect();
+    let head: Vec<u8> = bytes.iter().take(HEAD_LEN).copied().collect();
     decode_source(Box::new(std::io::Cursor::new(bytes)), &head, hint_ext, path)
 }
 
@@ -97,12 +110,27 @@ fn read_head(file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// True when `head` (the first bytes of the file) starts like a container symphonia may read.
 fn known_magic(head: &[u8]) -> bool {
-    const MAGICS: [&[u8]; 7] = [b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM", b"caff", b"\x1a\x45\xdf\xa3"];
+    const MAGICS: [&[u8]; 4] = [b"RIFF", b"fLaC", b"OggS", b"ID3"];
     MAGICS.iter().any(|m| head.starts_with(m))
-        // MPEG audio (and ADTS) frame sync: 11 set bits.
+        // MPEG audio frame sync: 11 set bits (ADTS, layer bits 00, is named before this).
         || (head.len() >= 2 && head[0] == 0xff && head[1] & 0xe0 == 0xe0)
-        // ISO MP4 / M4A: `ftyp` box at offset 4.
-        || (head.len() >= 8 && &head[4..8] == b"ftyp")
+}
+
+/// The name of a container that `head` shows and this build cannot read, if any.
+fn unsupported_container(head: &[u8]) -> Option<&'static str> {
+    if head.len() >= 8 && &head[4..8] == b"ftyp" {
+        Some("MP4/AAC") // ISO base media: .mp4, .m4a, .mov, .3gp
+    } else if head.len() >= 2 && head[0] == 0xff && head[1] & 0xf6 == 0xf0 {
+        Some("AAC (ADTS)") // sync 0xFFF, layer 00: FFF1 / FFF9, or FFF0 / FFF8 with a CRC
+    } else if head.starts_with(b"\x1a\x45\xdf\xa3") {
+        Some("WebM/Matroska")
+    } else if head.starts_with(b"FORM") && head.len() >= 12 && matches!(&head[8..12], b"AIFF" | b"AIFC") {
+        Some("AIFF")
+    } else if head.starts_with(b"caff") {
+        Some("CAF")
+    } else {
+        None
+    }
 }
 
 fn decode_source(
@@ -111,6 +139,16 @@ fn decode_source(
     hint_ext: Option<&str>,
     path: &Path,
 ) -> Result<Audio, AudioError> {
+    if let Some(container) = unsupported_container(head) {
+        return Err(AudioError::UnsupportedContainer { path: path.to_path_buf(), container: container.into() });
+    }
+    let first_page = ogg_opus::classify(head);
+    if first_page == Some(FirstPage::Cut) {
+        return Err(AudioError::Truncated {
+            path: path.to_path_buf(),
+            detail: "the Ogg file ends inside its first page".into(),
+        });
+    }
     if !known_magic(head) {
         let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
         return Err(AudioError::UnknownFormat {
@@ -118,12 +156,18 @@ fn decode_source(
             detail: format!("no known format signature; file starts with bytes [{}]", shown.join(" ")),
         });
     }
-    let mut hint = Hint::new();
-    if let Some(ext) = hint_ext {
-        hint.with_extension(ext);
-    }
-    let mss = MediaSourceStream::new(source, MediaSourceStreamOptions::default());
-    match catch_unwind(AssertUnwindSafe(|| decode_stream(mss, &hint, path))) {
+    let decode = || {
+        if first_page == Some(FirstPage::Opus) {
+            return ogg_opus::decode(source, path);
+        }
+        let mut hint = Hint::new();
+        if let Some(ext) = hint_ext {
+            hint.with_extension(ext);
+        }
+        let mss = MediaSourceStream::new(source, MediaSourceStreamOptions::default());
+        decode_stream(mss, &hint, path)
+    };
+    match catch_unwind(AssertUnwindSafe(decode)) {
         Ok(result) => result,
         Err(panic) => {
             let msg = panic

@@ -1,5 +1,11 @@
-//! Audio I/O: decode any common audio file, downmix to mono, resample to Mimi's 24 kHz, cut into
-//! frames, and write WAV files.
+//! Audio I/O: decode any common audio file (WAV, FLAC, MP3, Ogg Vorbis, Ogg Opus), downmix to
+//! mono, resample to Mimi's 24 kHz, cut into frames, and write WAV files.
+//!
+//! Ogg Opus, what browsers record and what Kyutai's protocol carries, has its pieces public for
+//! the server: [`ogg_stream`] (an incremental, bounded Ogg packet reader) and [`opus`] (the
+//! `OpusHead` header and a packet decoder that contains the decoder's failures). Files and
+//! connections decode through the same code, at 24 kHz, so the same packets give the same
+//! samples in both.
 //!
 //! The usual path into the codec is [`load_mono_24k`] followed by [`frames`]:
 //!
@@ -18,6 +24,9 @@
 //! [`AudioError`] naming the file and what was wrong with it.
 
 mod decode;
+mod ogg_opus;
+pub mod ogg_stream;
+pub mod opus;
 mod resample;
 mod write;
 
@@ -92,13 +101,24 @@ pub enum AudioError {
     },
 
     /// The content is not a recognised audio container (not audio at all, or a format this
-    /// build does not know). Supported: WAV, FLAC, MP3, Ogg/Vorbis.
-    #[error("{}: not a recognised audio file ({detail}); supported formats are WAV, FLAC, MP3 and Ogg/Vorbis", .path.display())]
+    /// build does not know). Supported: WAV, FLAC, MP3, Ogg/Vorbis, Ogg/Opus.
+    #[error("{}: not a recognised audio file ({detail}); supported formats are WAV, FLAC, MP3, Ogg/Vorbis and Ogg/Opus", .path.display())]
     UnknownFormat {
         /// The file.
         path: PathBuf,
         /// What was seen instead (e.g. the first bytes).
         detail: String,
+    },
+
+    /// The file is in a container recognised by its signature that this build cannot read:
+    /// MP4/M4A (an ISO `ftyp` box at offset 4), raw AAC (ADTS), WebM/Matroska (EBML, what
+    /// Chrome's MediaRecorder writes), AIFF or CAF. `container` names it.
+    #[error("{}: {container} audio is not supported (convert it to wav, flac, mp3 or ogg)", .path.display())]
+    UnsupportedContainer {
+        /// The file.
+        path: PathBuf,
+        /// What it is, e.g. `MP4/AAC`.
+        container: String,
     },
 
     /// The container was recognised but the file ends before its headers are complete (for
@@ -211,11 +231,18 @@ pub fn to_mono(audio: &Audio) -> Vec<f32> {
         0 => Vec::new(),
         1 => audio.samples.clone(),
         n => {
-            let n = n as usize;
-            let scale = 1.0 / n as f32;
-            audio.samples.chunks_exact(n).map(|frame| frame.iter().sum::<f32>() * scale).collect()
+            let mut out = Vec::with_capacity(audio.samples.len() / n as usize);
+            downmix_into(&audio.samples, n as usize, &mut out);
+            out
         }
     }
+}
+
+/// The arithmetic of [`to_mono`] for `channels >= 2`, appending to `out`; shared with
+/// [`opus::OpusPacketDecoder::decode_mono`] so that files and streams mix down identically.
+fn downmix_into(samples: &[f32], channels: usize, out: &mut Vec<f32>) {
+    let scale = 1.0 / channels as f32;
+    out.extend(samples.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * scale));
 }
 
 /// Decodes `path`, downmixes it to mono and resamples it to [`MIMI_SAMPLE_RATE`]: the input
