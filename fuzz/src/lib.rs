@@ -8,7 +8,7 @@ use moshi_server::ogg_stream::{opus_head, opus_tags};
 use ogg::{PacketWriteEndInfo, PacketWriter};
 
 /// The source files whose panics `OpusInput` contains: opus-rs (the decoder runs under
-/// `catch_unwind` in `OpusInput::push`).
+/// `catch_unwind` in the engine's `audio::opus::OpusPacketDecoder`, which `OpusInput` uses).
 const CONTAINED_SOURCES: &str = "opus-rs-";
 
 thread_local! {
@@ -17,10 +17,10 @@ thread_local! {
 static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 /// libfuzzer-sys installs a panic hook that aborts on *every* panic, caught or not, so the
-/// decoder panics that `OpusInput` contains with `catch_unwind` (as the server does) would all be
+/// decoder panics that the engine's Opus decoder contains with `catch_unwind` (as the server relies on) would all be
 /// reported as crashes. This replaces it (call it from the target's `init:`):
 /// - a panic located in opus-rs is recorded (see [`take_contained_panics`]) and printed the first
-///   time its location is seen, then unwinds to `OpusInput`'s `catch_unwind`; if it ever escaped,
+///   time its location is seen, then unwinds to the decoder's `catch_unwind`; if it ever escaped,
 ///   libfuzzer-sys's own `catch_unwind` around the target would abort: still a crash;
 /// - any other panic (our code, the ogg crate, std) prints and aborts at once, as before.
 pub fn install_panic_hook() {

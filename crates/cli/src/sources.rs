@@ -155,8 +155,12 @@ impl MoshiSource {
 
     fn load_unsynced(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
         let (mut files, mut identity) = match self.base()? {
-            Base::Tiny => return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() }),
+            Base::Tiny => {
+                tracing::info!(?dtype, ?device, "loading the embedded tiny model");
+                return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() });
+            }
             Base::Random(layers) => {
+                tracing::info!(layers, ?dtype, ?device, "drawing a random full-size model");
                 let bar = crate::progress::WeightsBar::new("drawing random weights");
                 let moshi = moshi_engine::random_model::build_on(layers, dtype, device, &mut |d, t| bar.update(d, t))?;
                 return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });

@@ -249,8 +249,21 @@ fn downmix_into(samples: &[f32], channels: usize, out: &mut Vec<f32>) {
 /// Mimi expects. The result is aligned with the original (no resampler delay) and has
 /// `round(frames * 24000 / rate)` samples.
 pub fn load_mono_24k(path: &Path) -> Result<Vec<f32>, AudioError> {
+    let t0 = std::time::Instant::now();
     let audio = decode_file(path)?;
+    let frames = audio.samples.len() / audio.channels.max(1) as usize;
+    tracing::info!(
+        file = %path.display(),
+        rate = audio.sample_rate,
+        channels = audio.channels,
+        seconds = frames as f64 / audio.sample_rate as f64,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "decoded"
+    );
     let mono = to_mono(&audio);
+    if audio.sample_rate != MIMI_SAMPLE_RATE {
+        tracing::info!(from = audio.sample_rate, to = MIMI_SAMPLE_RATE, "resampling");
+    }
     resample(&mono, audio.sample_rate, MIMI_SAMPLE_RATE)
 }
 
