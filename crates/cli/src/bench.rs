@@ -161,7 +161,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
         json.insert(k.into(), serde_json::json!(v));
     }
     if !args.json {
-        println!("{} on {dev:?} {dt:?}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, batch, args.frames, args.warmup);
+        println!("{} on {} {}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, cli_name(&args.device), cli_name(&args.dtype), batch, args.frames, args.warmup);
         println!("{:>8} {:>9} {:>9} {:>9}", "stage", "median", "p90", "p99");
         for (name, v) in &stages {
             println!("{name:>8} {:>9.2} {:>9.2} {:>9.2}", pct(v, 0.5), pct(v, 0.9), pct(v, 0.99));

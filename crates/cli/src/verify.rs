@@ -120,7 +120,7 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
                     (r.moshi, d.moshi, r.identity)
                 }
             };
-            eprintln!("model: {identity}; {dev:?} {dt:?} against CPU F32, {frames} frames");
+            eprintln!("model: {identity}; {} {} against cpu f32, {frames} frames", crate::model::cli_name(&device), crate::model::cli_name(&dtype));
             let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
             let mut dut = dut;
             let checks = moshi_engine::verify::model::run(&reference, &mut dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
