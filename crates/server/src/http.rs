@@ -27,6 +27,9 @@ const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const WORKLET_JS: &str = include_str!("../web/worklet.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+const OGG_JS: &str = include_str!("../web/ogg.js");
+const RECORDER_JS: &str = include_str!("../web/recorder.js");
+const FAVICON_SVG: &str = include_str!("../web/favicon.svg");
 
 struct AppState {
     cfg: ServerConfig,
@@ -147,6 +150,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(asset("text/javascript; charset=utf-8", APP_JS)))
         .route("/worklet.js", get(asset("text/javascript; charset=utf-8", WORKLET_JS)))
         .route("/style.css", get(asset("text/css; charset=utf-8", STYLE_CSS)))
+        .route("/ogg.js", get(asset("text/javascript; charset=utf-8", OGG_JS)))
+        .route("/recorder.js", get(asset("text/javascript; charset=utf-8", RECORDER_JS)))
+        .route("/favicon.svg", get(asset("image/svg+xml", FAVICON_SVG)))
+        .route("/api/info", get(info))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/chat", get(chat))
@@ -163,6 +170,30 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     });
     let code = if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// What the page needs before connecting: the model's name and the sampling a conversation gets
+/// when its query string says nothing (`moshi-rs serve --temperature …`); a temperature of 0 is
+/// greedy. Top-k values above the vocabulary sizes are clamped by the server.
+async fn info(State(s): State<Arc<AppState>>) -> Response {
+    let sampling = |c: &moshi_engine::lm::SamplingConfig| {
+        let greedy = c.is_greedy();
+        serde_json::json!({
+            "temperature": if greedy { 0.0 } else { c.temperature.unwrap_or(0.0) },
+            "top_k": c.top_k,
+            "greedy": greedy,
+        })
+    };
+    let body = serde_json::json!({
+        "model": s.cfg.model_name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "text": sampling(&s.cfg.defaults.text),
+        "audio": sampling(&s.cfg.defaults.audio),
+        "text_vocab": s.text_vocab,
+        "audio_vocab": s.audio_vocab,
+        "max_conversations": s.scheduler.capacity(),
+    });
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body.to_string()).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

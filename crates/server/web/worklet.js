@@ -1,6 +1,10 @@
 // Audio-thread half of the Moshi page (AudioWorkletGlobalScope: `sampleRate` is the context's rate).
-//   'moshi-capture':  microphone → mono → 24 kHz → 20 ms chunks posted to the page, plus an RMS level.
-//   'moshi-playback': decoded 24 kHz PCM from the page → context rate → jitter buffer → speakers.
+//   'moshi-capture':  microphone → mono → 24 kHz → 20 ms chunks posted to the page, plus an RMS level
+//                     of the microphone (taken before muting: the page shows what is sent itself).
+//   'moshi-playback': decoded PCM from the page (24 or 48 kHz) → context rate → jitter buffer →
+//                     speakers; optionally what was played, back at 24 kHz, for the recording.
+// Both stamp their audio with the context frame (`currentFrame`) of its first sample, so the page
+// can lay the user's and Moshi's audio side by side on one timeline.
 'use strict';
 
 const MODEL_RATE = 24000;
@@ -80,13 +84,18 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.resampler = new Resampler(sampleRate, MODEL_RATE);
     this.chunk = new Float32Array(MODEL_RATE / 50); // 20 ms: one Opus frame
     this.filled = 0;
+    this.produced = 0; // 24 kHz samples posted so far
+    this.startFrame = -1; // context frame of the first input sample
+    this.muted = false; // muted: the chunks carry silence (the stream keeps its pace)
     this.sumSq = 0;
     this.count = 0;
+    this.port.onmessage = (e) => { if (e.data.type === 'mute') this.muted = !!e.data.muted; };
   }
 
   process(inputs) {
     const channels = inputs[0];
     if (!channels || channels.length === 0) return true; // not connected (yet)
+    if (this.startFrame < 0) this.startFrame = currentFrame;
     const frames = channels[0].length;
     const mono = new Float32Array(frames);
     for (const ch of channels) for (let i = 0; i < frames; i++) mono[i] += ch[i] / channels.length;
@@ -97,11 +106,16 @@ class CaptureProcessor extends AudioWorkletProcessor {
       this.sumSq = 0;
       this.count = 0;
     }
+    if (this.muted) mono.fill(0);
     const out = this.resampler.process(mono);
     for (let i = 0; i < out.length; i++) {
       this.chunk[this.filled++] = out[i];
       if (this.filled === this.chunk.length) {
-        this.port.postMessage({ type: 'pcm', samples: this.chunk }, [this.chunk.buffer]);
+        // Output sample k sits at input sample k·(inRate/24000) (the filter's delay, under a
+        // millisecond, is left out).
+        const at = this.startFrame + (this.produced * sampleRate) / MODEL_RATE;
+        this.produced += this.chunk.length;
+        this.port.postMessage({ type: 'pcm', samples: this.chunk, at }, [this.chunk.buffer]); // detaches it
         this.chunk = new Float32Array(MODEL_RATE / 50);
         this.filled = 0;
       }
@@ -132,10 +146,16 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.dropped = 0;
     this.sumSq = 0;
     this.count = 0;
+    // Recording what was played (off until the page asks): the output, back at 24 kHz.
+    this.record = null; // { resampler, startFrame, produced, pending: [Float32Array] }
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
 
   onMessage(msg) {
+    if (msg.type === 'record') {
+      this.record = msg.on ? { resampler: new Resampler(sampleRate, MODEL_RATE), startFrame: -1, produced: 0, pending: [] } : null;
+      return;
+    }
     if (msg.type === 'reset') {
       this.queue = [];
       this.head = 0;
@@ -196,11 +216,30 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     for (let c = 1; c < out.length; c++) out[c].set(dst);
     for (let i = 0; i < frames; i++) this.sumSq += dst[i] * dst[i];
     this.count += frames;
+    const rec = this.record;
+    if (rec) {
+      if (rec.startFrame < 0) rec.startFrame = currentFrame;
+      const r = rec.resampler.process(dst);
+      if (r.length > 0) rec.pending.push(Float32Array.from(r));
+    }
     if (this.count >= sampleRate / 10) { // stats every 100 ms
-      this.port.postMessage({
+      const msg = {
         type: 'stats', playedSamples: this.played, underruns: this.underruns, droppedSamples: this.dropped,
         bufferedMs: 1000 * this.queued / sampleRate, rms: rms(this.sumSq, this.count),
-      });
+      };
+      const transfer = [];
+      if (rec && rec.pending.length > 0) {
+        const n = rec.pending.reduce((s, p) => s + p.length, 0);
+        const played = new Float32Array(n);
+        let off = 0;
+        for (const p of rec.pending) { played.set(p, off); off += p.length; }
+        msg.played = played;
+        msg.playedAt = rec.startFrame + (rec.produced * sampleRate) / MODEL_RATE;
+        rec.produced += n;
+        rec.pending = [];
+        transfer.push(played.buffer);
+      }
+      this.port.postMessage(msg, transfer);
       this.sumSq = 0;
       this.count = 0;
     }
