@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
 # The README's second command (and what .ci/run runs): sets up what the tests need, then runs every
-# test of the workspace. Needs a Rust toolchain and a C compiler; the browser test of the web page
-# needs Debian's Chromium, installed here when missing (as root, or through sudo).
+# test of the workspace. Needs a Rust toolchain and a C compiler; the browser tests of the web page
+# need Debian's Chromium and Firefox ESR, installed here when missing (as root, or through sudo).
 #
 # The tests build in the release profile, so they reuse what the README's first command
 # (`cargo run --release …`) already compiled instead of building every dependency a second time.
-# MOSHI_SKIP_BROWSER_TEST=1 skips the browser test where no Chromium can be installed.
+# MOSHI_SKIP_BROWSER_TEST=1 skips the browser tests where the browsers cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "${MOSHI_SKIP_BROWSER_TEST:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
+# The browser tests drive the web page in Debian's Chromium (/usr/bin/chromium) and Firefox ESR.
+# Firefox comes with its recommended packages (FFmpeg's libavcodec among them, which its media
+# stack may use); Chromium does not need its own.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || command -v firefox >/dev/null 2>&1 || missing+=(firefox-esr)
+if [ "${MOSHI_SKIP_BROWSER_TEST:-0}" != 1 ] && [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO=none; fi
   if [ "$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "tools/test.sh: the browser test needs Chromium at /usr/bin/chromium, and it cannot be installed here" >&2
-    echo "  (no apt-get, or neither root nor sudo). Install chromium, or set MOSHI_SKIP_BROWSER_TEST=1 to skip that one test." >&2
+    echo "tools/test.sh: the browser tests need ${missing[*]}, which cannot be installed here" >&2
+    echo "  (no apt-get, or neither root nor sudo). Install them, or set MOSHI_SKIP_BROWSER_TEST=1 to skip those tests." >&2
     exit 2
   fi
-  echo "tools/test.sh: installing Debian's chromium for the browser test" >&2
+  echo "tools/test.sh: installing ${missing[*]} for the browser tests" >&2
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+  for pkg in "${missing[@]}"; do
+    case $pkg in
+      chromium) $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null ;;
+      *) $SUDO apt-get install -y -qq "$pkg" >/dev/null ;;
+    esac
+  done
 fi
 
 cargo test --workspace --locked --release

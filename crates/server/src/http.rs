@@ -1,5 +1,5 @@
-//! The HTTP side: routes (`/` and the page's assets, `/api/chat`, `/metrics`, `/health`), the
-//! origin check, optional TLS, and [`start`].
+//! The HTTP side: routes (`/` and the page's assets, `/api/info`, `/api/chat`, `/metrics`,
+//! `/health`), the origin check, optional TLS, and [`start`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -268,6 +268,13 @@ async fn conversation(s: Arc<AppState>, socket: WebSocket, params: Result<Sessio
     let rx = rx.map(|m| m.map(to_frame));
     let mut metadata = s.metadata.clone();
     if let Ok(p) = &params {
+        // This conversation's own settings (the query's values over the server's defaults), in
+        // the metadata's fields: temperature 0 means greedy.
+        let t = |c: &moshi_engine::lm::SamplingConfig| if c.is_greedy() { 0.0 } else { c.temperature.unwrap_or(0.0) };
+        metadata["text_temperature"] = serde_json::json!(t(&p.gen.text));
+        metadata["text_topk"] = serde_json::json!(p.gen.text.top_k);
+        metadata["audio_temperature"] = serde_json::json!(t(&p.gen.audio));
+        metadata["audio_topk"] = serde_json::json!(p.gen.audio.top_k);
         metadata["ignored_parameters"] = serde_json::json!(p.ignored);
     }
     let ctx = SessionCtx {

@@ -67,6 +67,28 @@ async fn wait_active(s: &RunningServer, n: usize) {
     }
 }
 
+/// The metadata message reports this conversation's settings: the query's values over the
+/// server's defaults (greedy as temperature 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_reports_the_conversations_own_sampling() {
+    let s = server(ServerConfig::local_test()).await;
+    let mut ws = connect(&s, "?text_temperature=0.3&text_topk=9&audio_temperature=0").await;
+    match next(&mut ws).await {
+        Ok(Message::Metadata(m)) => {
+            assert_eq!((m["text_temperature"].as_f64(), m["text_topk"].as_u64()), (Some(0.3), Some(9)), "{m}");
+            assert_eq!(m["audio_temperature"].as_f64(), Some(0.0), "greedy audio: {m}");
+        }
+        other => panic!("expected metadata first, got {other:?}"),
+    }
+    let mut ws2 = connect(&s, "").await;
+    match next(&mut ws2).await {
+        Ok(Message::Metadata(m)) => {
+            assert_eq!((m["text_temperature"].as_f64(), m["text_topk"].as_u64()), (Some(0.7), Some(25)), "the defaults: {m}");
+        }
+        other => panic!("expected metadata first, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_streams_audio_and_text_both_ways() {
     let s = server(ServerConfig::local_test()).await;
