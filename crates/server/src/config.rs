@@ -183,6 +183,9 @@ mod tests {
         assert_eq!(p.seed, 77);
         let p = SessionParams::from_query(&q(&[("audio_temperature", "0")]), &GenConfig::default(), 100, 100, 1).unwrap();
         assert!(p.gen.audio.is_greedy());
+        // A temperature that is 0 in f32 (issue 15, F8: it made NaN probabilities) is greedy.
+        let p = SessionParams::from_query(&q(&[("text_temperature", "1e-300")]), &GenConfig::default(), 100, 100, 1).unwrap();
+        assert!(p.gen.text.is_greedy(), "{:?}", p.gen.text);
     }
 
     #[test]

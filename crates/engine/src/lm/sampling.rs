@@ -48,7 +48,8 @@ impl SamplingConfig {
         if top_k == 0 {
             return Err("top-k must be at least 1".into());
         }
-        Ok(if t == 0.0 { Self::greedy() } else { Self::sampled(t, top_k) })
+        // A temperature that is 0 in f32, where logits are divided by it, is greedy.
+        Ok(if t as f32 == 0.0 { Self::greedy() } else { Self::sampled(t, top_k) })
     }
 
     /// Greedy unless a positive temperature is set. With a temperature, `top_k` 0 samples from
@@ -169,6 +170,12 @@ pub fn sample(logits: &[f32], rows: usize, cfg: &SamplingConfig, noise: &mut dyn
     for (r, row) in logits.chunks(vocab).enumerate() {
         // softmax(logits / T) in f32, as torch computes it (max-subtracted).
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x / temp));
+        if m.is_infinite() {
+            // logits / T overflowed f32 (T tiny but positive, e.g. 1e-40): the distribution is
+            // then its T → 0 limit, the argmax. The row's noise is drawn all the same.
+            out.push(argmax(row) as u32);
+            continue;
+        }
         let mut sum = 0f32;
         for (p, &x) in probs.iter_mut().zip(row) {
             *p = (x / temp - m).exp();
@@ -196,4 +203,23 @@ pub fn sample(logits: &[f32], rows: usize, cfg: &SamplingConfig, noise: &mut dyn
         out.push(idx[argmax(&ratios)] as u32);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Temperatures too small for f32 sample the argmax (their limit) instead of NaN; one that is
+    /// 0 in f32 is greedy from the start.
+    #[test]
+    fn tiny_temperatures_are_the_argmax() {
+        let logits = [0.5f32, 3.0, -1.0, 2.9, 0.0, 1.0];
+        for t in [1e-40, 1e-300, 1e-45] {
+            let cfg = SamplingConfig::sampled(t, 3);
+            let got = sample(&logits, 2, &cfg, &mut SeededNoise::new(1), "test").unwrap();
+            assert_eq!(got, vec![1, 0], "temperature {t}");
+        }
+        assert!(SamplingConfig::from_user(1e-300, 5).unwrap().is_greedy());
+        assert!(!SamplingConfig::from_user(1e-30, 5).unwrap().is_greedy());
+    }
 }
