@@ -26,10 +26,8 @@
 
 mod page;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -42,82 +40,33 @@ const LIVE_WITHIN: Duration = Duration::from_secs(60);
 /// Resolved to 127.0.0.1 by Chromium: a plain-HTTP origin that is not localhost (insecure).
 const INSECURE_HOST: &str = "moshi.test";
 
-/// The running browser: killed, and its profile directory removed, when dropped (also on panic).
-struct Chromium {
-    child: Child,
-    profile: PathBuf,
-    stderr_tail: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Chromium {
-    /// Start headless Chromium; returns it and the browser's DevTools WebSocket URL.
-    fn launch(fake_mic: &Path) -> (Self, String) {
-        let profile =
-            std::env::temp_dir().join(format!("moshi-browser-test-{}-{}", std::process::id(), page::unique()));
-        std::fs::create_dir_all(&profile).unwrap();
-        let mut child = Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
-                "--remote-debugging-port=0",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required",
-            ])
-            .arg(format!("--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1"))
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!("--use-file-for-fake-audio-capture={}", fake_mic.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
-        // Chromium announces its DevTools endpoint on stderr; keep draining stderr afterwards (a full
-        // pipe would block it) and keep the last lines for failure reports.
-        let stderr = child.stderr.take().unwrap();
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let tail2 = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("ws://") {
-                    if line.contains("DevTools listening on") {
-                        let _ = tx.send(line[i..].trim().to_string());
-                    }
-                }
-                let mut t = tail2.lock().unwrap();
-                t.push(line);
-                if t.len() > 50 {
-                    t.remove(0);
-                }
-            }
-        });
-        let browser = Chromium { child, profile, stderr_tail: tail };
-        let url = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!("Chromium printed no DevTools URL within 20 s; its stderr:\n{}", browser.stderr())
-        });
-        (browser, url)
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr_tail.lock().unwrap().join("\n")
-    }
+/// Headless Chromium (tests/page's `Browser`) and its DevTools WebSocket URL.
+fn launch_chromium(fake_mic: &Path) -> (page::Browser, String) {
+    let profile = page::Browser::profile("browser");
+    let mut cmd = Command::new(CHROMIUM);
+    cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
+            "--remote-debugging-port=0",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            "--autoplay-policy=no-user-gesture-required",
+        ])
+        .arg(format!("--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--use-file-for-fake-audio-capture={}", fake_mic.display()));
+    // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
+    page::Browser::launch(cmd, "Chromium", profile, Duration::from_secs(20), |line| {
+        let i = line.find("ws://")?;
+        line.contains("DevTools listening on").then(|| line[i..].trim().to_string())
+    })
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -129,11 +78,11 @@ struct Cdp {
     next_id: u64,
     session: Option<String>,
     page_log: Vec<String>,
-    browser: Chromium,
+    browser: page::Browser,
 }
 
 impl Cdp {
-    async fn connect(url: &str, browser: Chromium) -> Self {
+    async fn connect(url: &str, browser: page::Browser) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect to Chromium's DevTools socket");
         Cdp { ws, next_id: 0, session: None, page_log: Vec::new(), browser }
     }
@@ -291,7 +240,7 @@ async fn page_talks_to_the_server_in_chromium() {
     let addr = server.addr();
     let base = format!("http://{addr}");
 
-    let (browser, devtools) = Chromium::launch(&wav);
+    let (browser, devtools) = launch_chromium(&wav);
     let mut cdp = Cdp::connect(&devtools, browser).await;
     let downloads = artifacts.join(format!("downloads-{}", page::unique()));
     std::fs::create_dir_all(&downloads).unwrap();

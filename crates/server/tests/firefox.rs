@@ -14,10 +14,8 @@
 
 mod page;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -42,66 +40,17 @@ user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
 user_pref("app.update.disabledForTesting", true);
 "#;
 
-/// The running browser: killed, and its profile directory removed, when dropped (also on panic).
-struct Firefox {
-    child: Child,
-    profile: PathBuf,
-    stderr_tail: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Firefox {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Firefox {
-    /// Start headless Firefox; returns it and its WebDriver BiDi URL.
-    fn launch(binary: &str) -> (Self, String) {
-        let profile =
-            std::env::temp_dir().join(format!("moshi-firefox-test-{}-{}", std::process::id(), page::unique()));
-        std::fs::create_dir_all(&profile).unwrap();
-        std::fs::write(profile.join("user.js"), USER_JS).unwrap();
-        let mut child = Command::new(binary)
-            .args(["--headless", "--no-remote", "--remote-debugging-port=0", "--profile"])
-            .arg(&profile)
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let tail = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let tail2 = tail.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // "WebDriver BiDi listening on ws://127.0.0.1:PORT"
-                if let Some(i) = line.find("ws://") {
-                    if line.contains("WebDriver BiDi listening on") {
-                        let _ = tx.send(format!("{}/session", line[i..].trim()));
-                    }
-                }
-                let mut t = tail2.lock().unwrap();
-                t.push(line);
-                if t.len() > 50 {
-                    t.remove(0);
-                }
-            }
-        });
-        let browser = Firefox { child, profile, stderr_tail: tail };
-        let url = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!("Firefox printed no WebDriver BiDi URL within 30 s; its stderr:\n{}", browser.stderr())
-        });
-        (browser, url)
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr_tail.lock().unwrap().join("\n")
-    }
+/// Headless Firefox (tests/page's `Browser`) and its WebDriver BiDi URL.
+fn launch_firefox(binary: &str) -> (page::Browser, String) {
+    let profile = page::Browser::profile("firefox");
+    std::fs::write(profile.join("user.js"), USER_JS).unwrap();
+    let mut cmd = Command::new(binary);
+    cmd.args(["--headless", "--no-remote", "--remote-debugging-port=0", "--profile"]).arg(&profile).arg("about:blank");
+    // "WebDriver BiDi listening on ws://127.0.0.1:PORT"
+    page::Browser::launch(cmd, "Firefox", profile, Duration::from_secs(30), |line| {
+        let i = line.find("ws://")?;
+        line.contains("WebDriver BiDi listening on").then(|| format!("{}/session", line[i..].trim()))
+    })
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -113,11 +62,11 @@ struct Bidi {
     next_id: u64,
     context: String,
     page_log: Vec<String>,
-    browser: Firefox,
+    browser: page::Browser,
 }
 
 impl Bidi {
-    async fn connect(url: &str, browser: Firefox) -> Self {
+    async fn connect(url: &str, browser: page::Browser) -> Self {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect to Firefox's WebDriver BiDi socket");
         let mut b = Bidi { ws, next_id: 0, context: String::new(), page_log: Vec::new(), browser };
         b.call("session.new", json!({ "capabilities": {} })).await;
@@ -217,7 +166,7 @@ async fn page_talks_to_the_server_in_firefox() {
     let step = |what: &str| println!("{:6.1} s  {what}", start.elapsed().as_secs_f64());
 
     let server = page::start_server();
-    let (browser, url) = Firefox::launch(binary);
+    let (browser, url) = launch_firefox(binary);
     let mut ff = Bidi::connect(&url, browser).await;
     let version = ff.eval_js("navigator.userAgent").await.unwrap();
     step(&format!("{binary}: {version}"));

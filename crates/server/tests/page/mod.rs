@@ -414,3 +414,73 @@ pub async fn check_lost<D: Driver>(d: &mut D, server: TestServer) {
     })
     .await;
 }
+
+/// A headless browser process: killed, and its profile directory removed, when dropped (also on
+/// panic). Its stderr is drained on a thread (a full pipe would block it), the last lines kept for
+/// failure reports.
+pub struct Browser {
+    child: std::process::Child,
+    profile: PathBuf,
+    stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    /// A fresh profile directory for `name`.
+    pub fn profile(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("moshi-{name}-test-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Start `cmd` (whose profile is `profile`) and wait up to `within` for the stderr line from
+    /// which `endpoint` reads the browser's control URL.
+    pub fn launch(
+        mut cmd: std::process::Command,
+        what: &str,
+        profile: PathBuf,
+        within: Duration,
+        endpoint: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> (Self, String) {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tail2 = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = endpoint(&line) {
+                    let _ = tx.send(url);
+                }
+                let mut t = tail2.lock().unwrap();
+                t.push(line);
+                if t.len() > 50 {
+                    t.remove(0);
+                }
+            }
+        });
+        let browser = Browser { child, profile, stderr_tail: tail };
+        let url = rx.recv_timeout(within).unwrap_or_else(|_| {
+            panic!("{what} printed no control URL within {within:?}; its stderr:\n{}", browser.stderr())
+        });
+        (browser, url)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr_tail.lock().unwrap().join("\n")
+    }
+}
