@@ -18,9 +18,9 @@
 //! conv and unary kernels have read strided inputs wrongly (the class of bug that garbled Moshi
 //! on Apple GPUs), so under the policy every input of every op above — activations and conv
 //! kernels alike — is copied to contiguous memory before the op reads it. The copies are of small
-//! activations (a frame's worth); the one exception is `linear`'s weight, stored contiguous at
-//! load and handed to the product as its transpose, the form every backend's GEMM takes without
-//! a copy. What stays outside the policy: attention's inner products read the KV ring in place
+//! activations (a frame's worth). A product's weight (`linear`, `pointwise_conv`) is stored
+//! contiguous and handed to the GEMM as its transpose, the form every backend's GEMM takes
+//! without a copy. What stays outside the policy: attention's inner products read the KV ring in place
 //! (a narrowed view; copying it would cost the whole cache per layer and step), and the plain
 //! binary ops and copies between seam ops (adds, concatenations, paddings). The CPU has the
 //! policy off (bit-identical to before); `force_contiguous_inputs` switches it on for a test,
