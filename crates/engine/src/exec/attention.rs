@@ -14,7 +14,7 @@ use super::kv_cache::KvCache;
 use super::step_ctx::StepCtx;
 use crate::error::{EngineError, Result};
 
-fn rope_tables<'a>(rope: bool, ctx: &'a StepCtx) -> Result<Option<&'a (Tensor, Tensor)>> {
+fn rope_tables(rope: bool, ctx: &StepCtx) -> Result<Option<&(Tensor, Tensor)>> {
     match (rope, &ctx.rope) {
         (false, _) => Ok(None),
         (true, Some(r)) => Ok(Some(r)),
