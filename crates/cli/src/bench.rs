@@ -81,8 +81,7 @@ pub fn ascii_plot(times: &[f64], budget: f64) -> String {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (dev, dt) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
     let t0 = std::time::Instant::now();
-    let mut loaded = args.source.load(dt, &dev)?;
-    loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
+    let loaded = args.source.load(dt, &dev)?;
     eprintln!("model ready in {:.1} s: {}", t0.elapsed().as_secs_f64(), loaded.identity);
     for &batch in &args.batch {
         if let Err(e) = bench_batch(&args, &loaded, batch, &dev, dt) {
@@ -99,14 +98,15 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     let n = moshi.frame_size();
     let total = args.warmup + args.frames;
     let signal = test_signal(total * n);
+    let options = args.kv_cache.run_options();
     let mut conv = if args.slots {
-        let mut c = moshi.slots(batch)?;
+        let mut c = moshi.slots(batch, &options)?;
         for row in 0..batch {
             c.reset_row(row, GenConfig::default(), row as u64 + 1)?;
         }
         c
     } else {
-        moshi.conversations(batch, GenConfig::default(), 1, false)?
+        moshi.conversations(batch, GenConfig::default(), 1, false, &options)?
     };
     let mut times: Vec<StageTimes> = Vec::new();
     for f in 0..total {

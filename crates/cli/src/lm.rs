@@ -106,20 +106,19 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
 fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let (batch, steps, warmup, context_fill) = (args.batch, args.steps, args.warmup, args.context_fill);
     let (dev, dtype) = (&crate::model::device(args.device)?, crate::model::dtype(args.dtype));
-    let kv = args.kv_cache.kind();
+    let options = args.kv_cache.run_options();
     let (kv_name, dtype_name, device_name) = (cli_name(&args.kv_cache), cli_name(&args.dtype), cli_name(&args.device));
     let t0 = Instant::now();
     let bar = crate::progress::WeightsBar::new("drawing random weights");
     let weights = random_weights_with(cfg, dtype, dev, &mut |d, t| bar.update(d, t))?;
     drop(bar);
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
-    let mut model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
-    model.set_kv_cache(kv);
+    let model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
     eprintln!("random full-width LM: {params} parameters ({} temporal layers) in {:.1} s", cfg.num_layers, t0.elapsed().as_secs_f64());
 
     // The whole step, as a conversation runs it (default sampling).
     let user = vec![5i64; batch * cfg.user_streams()];
-    let mut st = model.new_state(batch, GenConfig::default(), 1)?;
+    let mut st = model.new_state(batch, GenConfig::default(), 1, &options)?;
     let mut step_ms = Vec::new();
     let (mut temporal_ms, mut depformer_ms) = (Vec::new(), Vec::new());
     for i in 0..warmup + steps {
@@ -144,7 +143,7 @@ fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let nl = cfg.num_layers;
     let (mut layer_ms, mut dep_ms) = (vec![Vec::new(); nl], vec![Vec::new(); cfg.dep_q]);
     let mut embed_head_ms = Vec::new();
-    let mut state = TransformerState::default();
+    let mut state = TransformerState::new(options.kv_cache);
     if context_fill > 0 {
         // The same depth for the breakdown (a first step allocates the caches).
         model.temporal().step(&Tensor::from_vec(vec![1i64; batch * cfg.num_streams()], (batch, cfg.num_streams(), 1), dev)?, &mut state, &mut |_, _| Ok(()))?;

@@ -25,12 +25,18 @@ pub enum KvCacheArg {
 }
 
 impl KvCacheArg {
-    pub fn kind(self) -> moshi_engine::nn::attention::KvCacheKind {
-        use moshi_engine::nn::attention::KvCacheKind;
+    pub fn kind(self) -> moshi_engine::exec::KvCacheKind {
+        use moshi_engine::exec::KvCacheKind;
         match self {
             KvCacheArg::Model => KvCacheKind::Model,
             KvCacheArg::Int8 => KvCacheKind::Int8,
         }
+    }
+
+    /// The run's options with this KV cache (the one per-run choice the CLI offers today; the
+    /// device and dtype go to the loader).
+    pub fn run_options(self) -> moshi_engine::exec::RunOptions {
+        moshi_engine::exec::RunOptions::default().with_kv_cache(self.kind())
     }
 }
 

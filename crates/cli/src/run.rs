@@ -163,8 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("{}: no audio samples", paths.input.display());
     }
 
-    let mut loaded = args.source.load(dtype, &device)?;
-    loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
+    let loaded = args.source.load(dtype, &device)?;
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);
 
@@ -178,7 +177,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let gen = args.sampling.gen_config();
-    let mut conv = moshi.conversation(gen, args.seed, true)?;
+    let mut conv = moshi.conversation(gen, args.seed, true, &args.kv_cache.run_options())?;
     let mut transcript = TextStream::moshi(&moshi.tokenizer);
     let mut text = String::new();
     let mut pcm_out: Vec<f32> = Vec::new();

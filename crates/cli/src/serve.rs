@@ -60,8 +60,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
-    let mut loaded = args.source.load(dtype, &device)?;
-    loaded.moshi.lm.set_kv_cache(args.kv_cache.kind());
+    let loaded = args.source.load(dtype, &device)?;
     eprintln!("model: {}", loaded.identity);
     let defaults = args.sampling.gen_config();
     let cfg = ServerConfig {
@@ -74,6 +73,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allow_any_origin: args.allow_any_origin,
         tls: args.cert.zip(args.key),
         defaults,
+        options: args.kv_cache.run_options(),
         model_name: loaded.identity.clone(),
         ..ServerConfig::default()
     };

@@ -122,8 +122,7 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             };
             eprintln!("model: {identity}; {} {} against cpu f32, {frames} frames", crate::model::cli_name(&device), crate::model::cli_name(&dtype));
             let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
-            let mut dut = dut;
-            let checks = moshi_engine::verify::model::run(&reference, &mut dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
+            let checks = moshi_engine::verify::model::run(&reference, &dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
             report("verify model", &checks)
         }
     }

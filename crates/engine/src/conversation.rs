@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::exec::RunOptions;
 use crate::lm::{GenConfig, LmGenState, LmModel};
 use crate::mimi::{DecoderState, EncoderState, Mimi};
 use crate::text::Tokenizer;
@@ -72,7 +73,7 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// Fresh Mimi states around an LM state of B rows.
+    /// Fresh Mimi states around an LM state of B rows (which holds the run's options).
     fn new(lm: LmGenState, repeat_first_frame: bool) -> Self {
         let batch = lm.batch();
         Self {
@@ -89,6 +90,11 @@ impl Conversation {
     /// Frames consumed so far.
     pub fn frames(&self) -> usize {
         self.frames
+    }
+
+    /// What this conversation runs with (given when it was made).
+    pub fn options(&self) -> &RunOptions {
+        self.lm.options()
     }
 
     /// LM steps taken so far (one more than `frames` when the first frame was given twice).
@@ -167,28 +173,28 @@ impl Moshi {
         self.mimi.frame_size()
     }
 
-    /// A new exchange (batch 1). `repeat_first_frame`: give the first frame's codes to the LM
-    /// twice, as the reference's offline pipeline does.
-    pub fn conversation(&self, cfg: GenConfig, seed: u64, repeat_first_frame: bool) -> Result<Conversation> {
-        self.conversations(1, cfg, seed, repeat_first_frame)
+    /// A new exchange (batch 1) run with `options`. `repeat_first_frame`: give the first
+    /// frame's codes to the LM twice, as the reference's offline pipeline does.
+    pub fn conversation(&self, cfg: GenConfig, seed: u64, repeat_first_frame: bool, options: &RunOptions) -> Result<Conversation> {
+        self.conversations(1, cfg, seed, repeat_first_frame, options)
     }
 
     /// `batch` exchanges stepped together (each frame: [B, frame samples] in, B replies out).
-    pub fn conversations(&self, batch: usize, cfg: GenConfig, seed: u64, repeat_first_frame: bool) -> Result<Conversation> {
+    pub fn conversations(&self, batch: usize, cfg: GenConfig, seed: u64, repeat_first_frame: bool, options: &RunOptions) -> Result<Conversation> {
         if batch == 0 {
             return Err(EngineError::InvalidInput("a batch of 0 conversations".into()));
         }
-        Ok(Conversation::new(self.lm.new_state(batch, cfg, seed)?, repeat_first_frame))
+        Ok(Conversation::new(self.lm.new_state(batch, cfg, seed, options)?, repeat_first_frame))
     }
 
     /// `batch` conversation slots for a server: rows start and restart one at a time
     /// ([`Conversation::reset_row`]) while the others go on; every frame steps all rows
     /// (idle rows compute on whatever they are given, usually silence).
-    pub fn slots(&self, batch: usize) -> Result<Conversation> {
+    pub fn slots(&self, batch: usize, options: &RunOptions) -> Result<Conversation> {
         if batch == 0 {
             return Err(EngineError::InvalidInput("0 conversation slots".into()));
         }
-        Ok(Conversation::new(self.lm.new_slots(batch)?, false))
+        Ok(Conversation::new(self.lm.new_slots(batch, options)?, false))
     }
 
     /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).

@@ -10,6 +10,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::{Fixture, Report, F32_ABS_TOL};
 use moshi_engine::conversation::Moshi;
+use moshi_engine::exec::RunOptions;
 use moshi_engine::lm::GenConfig;
 use moshi_engine::model_files::MoshiFiles;
 use moshi_engine::text::TextStream;
@@ -25,7 +26,7 @@ struct Run {
 
 fn run(moshi: &Moshi, input: &[f32], cfg: GenConfig, seed: u64) -> Run {
     let n = moshi.frame_size();
-    let mut conv = moshi.conversation(cfg, seed, true).unwrap();
+    let mut conv = moshi.conversation(cfg, seed, true, &RunOptions::default()).unwrap();
     let mut text = TextStream::moshi(&moshi.tokenizer);
     let mut r = Run { user_codes: vec![], tokens: vec![], pcm: vec![], transcript: String::new() };
     let silence = vec![0f32; n];

@@ -12,6 +12,7 @@ use std::io::Write;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::temp_path;
+use moshi_engine::exec::RunOptions;
 use moshi_engine::lm::{check_checkpoint, GenConfig, Layout, LmConfig, LmModel};
 use moshi_engine::EngineError;
 
@@ -180,7 +181,7 @@ fn nan_is_located_by_step_and_layer() {
     t.insert("transformer.layers.1.gating.linear_out.weight".into(), nan);
     let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
     let model = LmModel::new(&cfg, &vb).unwrap();
-    let mut st = model.new_state(1, GenConfig::greedy(), 0).unwrap();
+    let mut st = model.new_state(1, GenConfig::greedy(), 0, &RunOptions::default()).unwrap();
     match model.step(&mut st, &[1; 8]) {
         Err(EngineError::NonFinite(msg)) => {
             assert!(msg.contains("step 0") && msg.contains("temporal transformer layer 1"), "{msg}")
@@ -192,7 +193,7 @@ fn nan_is_located_by_step_and_layer() {
     let w = t["linears.4.weight"].affine(0.0, f64::INFINITY).unwrap();
     t.insert("linears.4.weight".into(), w);
     let model = LmModel::new(&cfg, &VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap();
-    let mut st = model.new_state(1, GenConfig::greedy(), 0).unwrap();
+    let mut st = model.new_state(1, GenConfig::greedy(), 0, &RunOptions::default()).unwrap();
     let e = model.step(&mut st, &[1; 8]).map(|o| o.text).unwrap_err().to_string();
     assert!(e.contains("step 0") && e.contains("depformer step 4"), "{e}");
 }
@@ -210,7 +211,7 @@ fn bf16_runs_and_stays_close_to_f32() {
     r.float_rel("bf16 text_logits", &tf.temporal.text_logits, &text, BF16_REL_TOL);
     r.float_rel("bf16 depformer_logits", &tf.depformer_logits, fx.get("tf.depformer_logits_raw"), BF16_REL_TOL);
     r.finish("tiny LM in bf16 vs the f32 reference");
-    let mut st = model.new_state(2, GenConfig::default(), 5).unwrap();
+    let mut st = model.new_state(2, GenConfig::default(), 5, &RunOptions::default()).unwrap();
     for _ in 0..3 {
         model.step(&mut st, &[3; 16]).unwrap();
     }

@@ -9,6 +9,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{Fixture, Report, F32_REL_TOL};
+use moshi_engine::exec::RunOptions;
 use moshi_engine::lm::{GenConfig, LmConfig, LmModel, ReplayNoise, SamplingConfig};
 use moshi_engine::nn::transformer::TransformerState;
 
@@ -79,8 +80,8 @@ fn run_stream(model: &LmModel, fx: &Fixture, prefix: &str, gen: GenConfig, noise
     let (b, u, steps) = user.dims3().unwrap();
     let user = i64s(&user.permute((2, 0, 1)).unwrap().contiguous().unwrap()); // [T, B, U]
     let mut st = match noise {
-        Some(n) => model.new_state_with_noise(b, gen, Box::new(n)).unwrap(),
-        None => model.new_state(b, gen, 0).unwrap(),
+        Some(n) => model.new_state_with_noise(b, gen, Box::new(n), &RunOptions::default()).unwrap(),
+        None => model.new_state(b, gen, 0, &RunOptions::default()).unwrap(),
     };
     let (kk, dq) = (model.config().num_streams(), model.config().dep_q);
     let (mut input, mut text, mut audio, mut out_tok, mut returned) = (vec![], vec![], vec![], vec![], vec![]);

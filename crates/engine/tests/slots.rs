@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device};
 use moshi_engine::conversation::{Conversation, Moshi};
+use moshi_engine::exec::RunOptions;
 use moshi_engine::lm::{GenConfig, SamplingConfig};
 
 /// Batched products may sum in another order than B = 1 ones: the bound of the f32 Mimi parity
@@ -52,7 +53,7 @@ fn cfg() -> GenConfig {
 /// A conversation alone: slot 0 of a batch of 1.
 fn alone(moshi: &Moshi, input: &[f32], seed: u64) -> Vec<RowFrame> {
     let n = moshi.frame_size();
-    let mut conv = moshi.slots(1).unwrap();
+    let mut conv = moshi.slots(1, &RunOptions::default()).unwrap();
     conv.reset_row(0, cfg(), seed).unwrap();
     input.chunks(n).map(|f| step_all(moshi, &mut conv, &[f.to_vec()]).remove(0)).collect()
 }
@@ -86,13 +87,13 @@ fn a_row_joining_a_running_batch_computes_what_it_would_alone() {
     let silence = vec![0f32; n];
 
     // Slots of 1 against the plain B = 1 conversation: per-row noise is the same stream.
-    let mut plain = moshi.conversation(cfg(), 11, false).unwrap();
+    let mut plain = moshi.conversation(cfg(), 11, false, &RunOptions::default()).unwrap();
     let plain_frames: Vec<RowFrame> = a.chunks(n).map(|f| step_all(&moshi, &mut plain, &[f.to_vec()]).remove(0)).collect();
     assert_same("slots(1) vs conversation()", &alone(&moshi, &a, 11), &plain_frames);
 
     // Three slots: row 0 runs throughout; row 1 idles on silence, then joins at `join`; row 2
     // starts at 0 and restarts as a new conversation at `restart`.
-    let mut conv = moshi.slots(3).unwrap();
+    let mut conv = moshi.slots(3, &RunOptions::default()).unwrap();
     conv.reset_row(0, cfg(), 11).unwrap();
     conv.reset_row(2, cfg(), 33).unwrap();
     let mut rows: [Vec<RowFrame>; 4] = Default::default();
@@ -135,7 +136,7 @@ fn without_a_reset_a_reused_row_remembers_its_past() {
     let n = moshi.frame_size();
     let (frames, join) = (10, 4);
     let b = signal(2, frames - join, n);
-    let mut conv = moshi.slots(2).unwrap();
+    let mut conv = moshi.slots(2, &RunOptions::default()).unwrap();
     conv.reset_row(1, cfg(), 22).unwrap();
     let mut got = Vec::new();
     for i in 0..frames {
@@ -155,10 +156,10 @@ fn without_a_reset_a_reused_row_remembers_its_past() {
 #[test]
 fn resetting_a_row_needs_slots_and_a_valid_row() {
     let moshi = moshi_engine::tiny::load_moshi(DType::F32, &Device::Cpu).unwrap();
-    let mut shared = moshi.conversations(2, cfg(), 1, false).unwrap();
+    let mut shared = moshi.conversations(2, cfg(), 1, false, &RunOptions::default()).unwrap();
     let e = shared.reset_row(0, cfg(), 1).unwrap_err().to_string();
     assert!(e.contains("new_slots"), "{e}");
-    let mut slots = moshi.slots(2).unwrap();
+    let mut slots = moshi.slots(2, &RunOptions::default()).unwrap();
     let e = slots.reset_row(2, cfg(), 1).unwrap_err().to_string();
     assert!(e.contains("row 2 of 2"), "{e}");
 }

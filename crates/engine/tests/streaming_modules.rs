@@ -431,15 +431,14 @@ fn transformer_multi_step_chunks_beyond_context_differ_from_batch() {
 /// error is the quantisation's (≤ max|x|/254 per cached value), visible but small.
 #[test]
 fn transformer_int8_kv_cache_streams_close_to_batch() {
-    use moshi_engine::nn::attention::{dequantize_i8, quantize_i8, KvCacheKind};
+    use moshi_engine::exec::{dequantize_i8, quantize_i8, KvCacheKind};
     let cfg = mimi_like_config(32);
-    let mut tf = transformer(&cfg, 40);
+    let tf = transformer(&cfg, 40);
     let x = Rng::new(7).tensor(&[2, 15, cfg.d_model], 1.0);
     let batch = tf.forward(&x).unwrap();
-    tf.set_kv_cache(KvCacheKind::Int8);
-    let mut state = TransformerState::default();
+    let mut state = TransformerState::new(KvCacheKind::Int8);
     let one = stream(&x, 1, 1, |c| tf.step(c, &mut state)).unwrap();
-    let mut state = TransformerState::default();
+    let mut state = TransformerState::new(KvCacheKind::Int8);
     let five = stream(&x, 1, 5, |c| tf.step(c, &mut state)).unwrap();
     let chunking = max_err(&five, &one).unwrap();
     let quant = max_err(&one, &batch).unwrap();

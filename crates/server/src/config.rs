@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use moshi_engine::exec::RunOptions;
 use moshi_engine::lm::{GenConfig, SamplingConfig};
 
 /// How the server runs.
@@ -29,6 +30,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Sampling when the client does not say.
     pub defaults: GenConfig,
+    /// What the batch of conversations runs with (the KV cache's kind).
+    pub options: RunOptions,
     /// Shown in the metadata message and /health.
     pub model_name: String,
     /// A send to a client that takes longer than this closes the connection.
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             allow_any_origin: false,
             tls: None,
             defaults: GenConfig::default(),
+            options: RunOptions::default(),
             model_name: "unnamed".into(),
             send_timeout_s: 10.0,
         }

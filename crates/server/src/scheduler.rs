@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moshi_engine::conversation::{Conversation, Moshi};
+use moshi_engine::exec::RunOptions;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::SessionParams;
@@ -142,6 +143,7 @@ struct Active {
 
 struct Batch {
     moshi: Moshi,
+    options: RunOptions,
     conv: Conversation,
     slots: Vec<Option<Active>>,
     active: Arc<AtomicUsize>,
@@ -157,9 +159,10 @@ impl Drop for AliveGuard {
     }
 }
 
-/// Start the batch thread over `moshi` with `capacity` slots.
+/// Start the batch thread over `moshi` with `capacity` slots run with `options`.
 pub fn spawn(
     moshi: Moshi,
+    options: RunOptions,
     capacity: usize,
     max_input: usize,
     max_output: usize,
@@ -167,12 +170,12 @@ pub fn spawn(
 ) -> anyhow::Result<SchedulerHandle> {
     anyhow::ensure!(capacity >= 1, "at least one conversation slot is needed");
     anyhow::ensure!(max_output >= 1, "the output queue needs room for one frame");
-    let conv = moshi.slots(capacity)?;
+    let conv = moshi.slots(capacity, &options)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let active = Arc::new(AtomicUsize::new(0));
     let alive = Arc::new(AtomicBool::new(true));
     metrics.conversation_slots.set(capacity as i64);
-    let batch = Batch { moshi, conv, slots: (0..capacity).map(|_| None).collect(), active: active.clone(), metrics };
+    let batch = Batch { moshi, options, conv, slots: (0..capacity).map(|_| None).collect(), active: active.clone(), metrics };
     let guard = AliveGuard(alive.clone());
     std::thread::Builder::new().name("moshi-batch".into()).spawn(move || {
         let _guard = guard;
@@ -296,7 +299,7 @@ impl Batch {
                         let _ = a.io.replies.try_send(Reply::Error(msg.clone()));
                     }
                 }
-                match self.moshi.slots(b) {
+                match self.moshi.slots(b, &self.options) {
                     Ok(c) => self.conv = c,
                     Err(e) => tracing::error!(error = %e, "cannot rebuild the batch"),
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
+use moshi_engine::exec::RunOptions;
 use moshi_server::config::SessionParams;
 use moshi_server::metrics::Metrics;
 use moshi_server::protocol::{decode, Decoded, Message};
@@ -14,7 +15,7 @@ use moshi_server::scheduler::{self, SchedulerHandle};
 use moshi_server::session::{run_session, End, SessionCtx, WsFrame};
 
 fn batch(capacity: usize, metrics: &Metrics) -> SchedulerHandle {
-    scheduler::spawn(common::tiny(), capacity, 48_000, 4, metrics.clone()).unwrap()
+    scheduler::spawn(common::tiny(), RunOptions::default(), capacity, 48_000, 4, metrics.clone()).unwrap()
 }
 
 fn ctx(s: &SchedulerHandle, metrics: &Metrics, timeout: Duration) -> SessionCtx {

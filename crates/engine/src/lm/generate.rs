@@ -10,6 +10,7 @@ use super::delays::DelayBuffer;
 use super::model::LmModel;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
+use crate::exec::RunOptions;
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a conversation.
@@ -32,9 +33,10 @@ impl GenConfig {
     }
 }
 
-/// Everything one conversation (B rows stepped together) carries between steps; the weights
-/// stay in the shared [`LmModel`].
+/// Everything one conversation (B rows stepped together) carries between steps, and the
+/// [`RunOptions`] it was made with; the weights stay in the shared [`LmModel`].
 pub struct LmGenState {
+    options: RunOptions,
     temporal: TransformerState,
     tokens: DelayBuffer,
     cfg: GenConfig,
@@ -108,6 +110,10 @@ impl LmGenState {
     pub fn config(&self) -> &GenConfig {
         &self.cfg
     }
+
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
 }
 
 /// What one step produced.
@@ -142,24 +148,26 @@ fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 impl LmModel {
-    /// A fresh conversation of `batch` rows with seeded noise.
-    pub fn new_state(&self, batch: usize, cfg: GenConfig, seed: u64) -> Result<LmGenState> {
-        self.new_state_with_noise(batch, cfg, Box::new(SeededNoise::new(seed)))
+    /// A fresh conversation of `batch` rows with seeded noise, run with `options` (the temporal
+    /// KV cache's kind).
+    pub fn new_state(&self, batch: usize, cfg: GenConfig, seed: u64, options: &RunOptions) -> Result<LmGenState> {
+        self.new_state_with_noise(batch, cfg, Box::new(SeededNoise::new(seed)), options)
     }
 
     /// A fresh conversation with any noise source (e.g. a reference run's recorded noise).
-    pub fn new_state_with_noise(&self, batch: usize, cfg: GenConfig, noise: Box<dyn Noise>) -> Result<LmGenState> {
+    pub fn new_state_with_noise(&self, batch: usize, cfg: GenConfig, noise: Box<dyn Noise>, options: &RunOptions) -> Result<LmGenState> {
         let c = self.config();
         let initial: Vec<i64> = (0..c.num_streams()).map(|k| self.initial_token(k)).collect();
         let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.dep_q, batch)?;
-        Ok(LmGenState { temporal: TransformerState::default(), tokens, cfg, noise, rows: Vec::new() })
+        let temporal = TransformerState::new(options.kv_cache);
+        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new() })
     }
 
     /// `batch` conversation slots stepped together, each row with its own settings and seeded
     /// noise, started (and restarted) one at a time with `LmGenState::reset_row`. Until then a
     /// row runs greedily on whatever it is given.
-    pub fn new_slots(&self, batch: usize) -> Result<LmGenState> {
-        let mut st = self.new_state(batch, GenConfig::greedy(), 0)?;
+    pub fn new_slots(&self, batch: usize, options: &RunOptions) -> Result<LmGenState> {
+        let mut st = self.new_state(batch, GenConfig::greedy(), 0, options)?;
         st.rows = (0..batch).map(|r| (GenConfig::greedy(), SeededNoise::new(r as u64))).collect();
         Ok(st)
     }
@@ -190,6 +198,7 @@ impl LmModel {
         let temporal_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = std::time::Instant::now();
 
+        // The depformer's cache is one frame deep: always in the model's dtype.
         let mut dstate = TransformerState::default();
         let mut prev: Vec<i64> = text.iter().map(|&t| t as i64).collect();
         let mut audio = vec![0u32; b * dq];

@@ -143,11 +143,6 @@ impl LmModel {
         self.layout
     }
 
-    /// Store the temporal model's streaming KV cache in `kind` (states made from now on).
-    pub fn set_kv_cache(&mut self, kind: crate::nn::attention::KvCacheKind) {
-        self.temporal.set_kv_cache(kind);
-    }
-
     pub fn temporal(&self) -> &Temporal {
         &self.temporal
     }

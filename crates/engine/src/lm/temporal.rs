@@ -29,10 +29,9 @@ fn with_zero_row(table: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&z, table], 0)?)
 }
 
-/// Refuse tokens outside [−1, rows) when they are on the host already.
+/// Refuse tokens outside [−1, rows) when they are on the host already (`exec::tokens_on_host`).
 fn check_tokens(tokens: &Tensor, rows: usize, what: &str) -> Result<()> {
-    if tokens.device().is_cpu() {
-        let v = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    if let Some(v) = crate::exec::tokens_on_host(tokens)? {
         if let Some(bad) = v.iter().find(|&&x| x < -1 || x >= rows as i64) {
             return Err(EngineError::InvalidInput(format!("{what}token {bad} outside [-1, {rows})")));
         }
@@ -57,7 +56,7 @@ impl ZeroableEmbedding {
     /// that has the tokens there (one upload, no conversions on the device). Not range-checked.
     pub fn forward_shifted(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        Ok(self.table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?)
+        Ok(crate::exec::embedding(&self.table, &ids.flatten_all()?)?.reshape((b, t, ()))?)
     }
 }
 
@@ -87,7 +86,7 @@ impl StreamEmbeddings {
 
     /// Gather table rows `ids` (u32, B·K·T of them) and sum each position's K rows in f32.
     fn gather_sum(&self, ids: &Tensor, (b, k, t): (usize, usize, usize)) -> Result<Tensor> {
-        let e = self.table.index_select(ids, 0)?.reshape((b, k, t, ()))?;
+        let e = crate::exec::embedding(&self.table, ids)?.reshape((b, k, t, ()))?;
         let dtype = e.dtype();
         Ok(e.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?)
     }
@@ -225,15 +224,6 @@ impl Temporal {
 
     pub fn device(&self) -> candle_core::Device {
         self.text_linear.weight().device().clone()
-    }
-
-    /// How the streaming KV cache stores keys and values (see `KvCacheKind`).
-    pub fn set_kv_cache(&mut self, kind: crate::nn::attention::KvCacheKind) {
-        self.transformer.set_kv_cache(kind);
-    }
-
-    pub fn kv_cache(&self) -> crate::nn::attention::KvCacheKind {
-        self.transformer.kv_cache()
     }
 
     pub fn num_layers(&self) -> usize {

@@ -46,7 +46,7 @@ impl Codebook {
 
     /// Rows for `codes` [N] → [N, dim].
     fn decode(&self, codes: &Tensor) -> Result<Tensor> {
-        Ok(self.embedding.index_select(codes, 0)?)
+        crate::exec::embedding(&self.embedding, codes)
     }
 }
 

@@ -7,7 +7,8 @@ use candle_nn::VarBuilder;
 
 use super::config::SeanetConfig;
 use crate::error::Result;
-use crate::nn::conv::{elu, ConvSpec, ConvState, ConvTrState, StreamingConv1d, StreamingConvTr1d};
+use crate::exec::elu;
+use crate::nn::conv::{ConvSpec, ConvState, ConvTrState, StreamingConv1d, StreamingConvTr1d};
 
 /// Residual block `block.{1,3}`: x + conv₁ₓ₁(ELU(conv_k(ELU(x)))), hidden width dim/compress.
 #[derive(Debug, Clone)]

@@ -6,9 +6,7 @@
 //! the right. We keep exactly that: `forward` on a fresh state *is* the batch path, so streaming
 //! equals batch by construction and the tests check it anyway.
 
-use candle_core::{DType, Device, Module, Tensor};
-
-use super::linear::{Linear, SMALL_M};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{EngineError, Result};
@@ -40,9 +38,9 @@ pub struct ConvSpec {
 #[derive(Debug, Clone)]
 pub struct StreamingConv1d {
     weight: Tensor,
-    /// The weight as [C_out, C_in·K] for the few-output-steps path (see `forward`).
-    flat: Linear,
-    kernel: usize,
+    /// The weight as [C_out, C_in·K] (an `exec::linear_weight`) for the seam's few-output-steps
+    /// path (see `exec::conv1d`).
+    flat: Tensor,
     bias: Option<Tensor>,
     stride: usize,
     dilation: usize,
@@ -94,11 +92,10 @@ impl StreamingConv1d {
         let weight = get_checked(&vb, &[spec.out_channels, spec.in_channels, spec.kernel], "weight")?;
         let bias = if spec.bias { Some(get_checked(&vb, &[spec.out_channels], "bias")?) } else { None };
         let effective = (spec.kernel - 1) * spec.dilation + 1;
-        let flat = Linear::new(weight.reshape((spec.out_channels, spec.in_channels * spec.kernel))?)?;
+        let flat = crate::exec::linear_weight(&weight.reshape((spec.out_channels, spec.in_channels * spec.kernel))?)?;
         Ok(Self {
             weight,
             flat,
-            kernel: spec.kernel,
             bias,
             stride: spec.stride,
             dilation: spec.dilation,
@@ -149,7 +146,7 @@ impl StreamingConv1d {
             state.fresh.clear();
             Tensor::cat(&[&previous, x], 2)?
         };
-        let y = self.conv(&x)?;
+        let y = crate::exec::conv1d(&x, &self.weight, &self.flat, self.stride, self.dilation)?;
         if self.context > 0 {
             let total = x.dim(2)?;
             state.previous = Some(x.narrow(2, total - self.context, self.context)?.contiguous()?);
@@ -161,45 +158,15 @@ impl StreamingConv1d {
     }
 }
 
-impl StreamingConv1d {
-    /// Valid (unpadded) convolution of `x` [B, C, L].
-    ///
-    /// A streaming frame often leaves only a few output steps for the widest layers (2 at 25 Hz),
-    /// where the work is reading the weight: there we unfold the input ourselves and use the
-    /// weight-streaming matmul of [`Linear`]; elsewhere Candle's conv1d.
-    fn conv(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, l) = x.dims3()?;
-        let span = (self.kernel - 1) * self.dilation + 1;
-        let l_out = (l - span) / self.stride + 1;
-        let cpu_f32 = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
-        if !(cpu_f32 && b * l_out <= SMALL_M) {
-            return Ok(x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?);
-        }
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let k = self.kernel;
-        let mut cols = Vec::with_capacity(b * l_out * c * k);
-        for bi in 0..b {
-            for t in 0..l_out {
-                for ci in 0..c {
-                    let base = (bi * c + ci) * l + t * self.stride;
-                    cols.extend((0..k).map(|j| xv[base + j * self.dilation]));
-                }
-            }
-        }
-        let cols = Tensor::from_vec(cols, (b, l_out, c * k), x.device())?;
-        Ok(self.flat.forward(&cols)?.transpose(1, 2)?.contiguous()?)
-    }
-}
-
 /// Causal ConvTranspose1d. Checkpoint names: `{prefix}.convtr.convtr.{weight,bias}`.
 /// `groups` is 1 (SEANet) or the channel count (Mimi's depthwise upsampling).
 #[derive(Debug, Clone)]
 pub struct StreamingConvTr1d {
     /// [C_in, C_out / groups, K]
     weight: Tensor,
-    /// groups = 1: the kernel zero-padded to K' taps as [C_out·K', C_in], so that every input
-    /// step's output taps are one `Linear`.
-    taps: Option<Linear>,
+    /// groups = 1: the kernel zero-padded to K' taps as [C_out·K', C_in] (an
+    /// `exec::linear_weight`), so that every input step's output taps are one product.
+    taps: Option<Tensor>,
     bias: Option<Tensor>,
     stride: usize,
     kernel: usize,
@@ -241,36 +208,26 @@ impl StreamingConvTr1d {
             None
         } else {
             let w = weight.pad_with_zeros(2, 0, kp - spec.kernel)?;
-            Some(Linear::new(w.reshape((spec.in_channels, spec.out_channels * kp))?.t()?)?)
+            Some(crate::exec::linear_weight(&w.reshape((spec.in_channels, spec.out_channels * kp))?.t()?)?)
         };
         Ok(Self { weight, taps, bias, stride: spec.stride, kernel: spec.kernel })
     }
 
     /// Full transposed convolution without bias: [B, C_in, T] → [B, C_out, (T−1)·S + K].
     ///
-    /// Computed as one matmul (or, depthwise, one broadcast multiply) giving every frame's K
-    /// output taps, then an overlap-add: the kernel, zero-padded to K' = ⌈K/S⌉·S taps, splits
-    /// into K'/S blocks of S taps, and block m of frame t lands on output frame t + m. We do not
+    /// Computed as one product (or, depthwise, one broadcast multiply: `exec::conv_tr_taps`)
+    /// giving every frame's K output taps, then an overlap-add: the kernel, zero-padded to
+    /// K' = ⌈K/S⌉·S taps, splits into K'/S blocks of S taps, and block m of frame t lands on output frame t + m. We do not
     /// use Candle's `conv_transpose1d`: on CPU (candle-core 0.11.1) it returns wrong values for
     /// batch sizes above 1 (tests/streaming_modules.rs keeps a check of that).
     fn convtr_full(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c_in, t) = x.dims3()?;
+        let (b, _c_in, t) = x.dims3()?;
         let (s, k) = (self.stride, self.kernel);
         let blocks = k.div_ceil(s);
         let kp = blocks * s;
         let w = if kp > k { self.weight.pad_with_zeros(2, 0, kp - k)? } else { self.weight.clone() };
         // taps: [B, C_out, T, K']
-        let taps = match &self.taps {
-            None => {
-                let w = w.reshape((1, c_in, 1, kp))?;
-                x.unsqueeze(3)?.broadcast_mul(&w)?
-            }
-            Some(lin) => {
-                let c_out = w.dim(1)?;
-                let cols = lin.forward(&x.transpose(1, 2)?.contiguous()?)?; // [B, T, C_out·K']
-                cols.reshape((b, t, c_out, kp))?.transpose(1, 2)?
-            }
-        };
+        let taps = crate::exec::conv_tr_taps(x, &w, self.taps.as_ref())?;
         let c_out = taps.dim(1)?;
         let mut out: Option<Tensor> = None;
         for m in 0..blocks {
@@ -323,11 +280,6 @@ impl StreamingConvTr1d {
     }
 }
 
-/// ELU with alpha 1, as `torch.nn.ELU()`.
-pub fn elu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.elu(1.0)?)
-}
-
 /// A 1×1 conv stored as `[out, in, 1]`, applied to [B, C, T] as a matmul.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv {
@@ -345,8 +297,6 @@ impl PointwiseConv {
 
 impl Module for PointwiseConv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // [B, C, T] → [B, T, C] · Wᵀ → [B, T, O] → [B, O, T]
-        let xt = x.transpose(1, 2)?;
-        xt.broadcast_matmul(&self.weight.t()?)?.transpose(1, 2)
+        crate::exec::pointwise_conv(x, &self.weight)
     }
 }

@@ -1,11 +1,10 @@
 //! Building blocks shared by every model: streaming convolutions, norms, rotary embeddings,
-//! attention with its KV cache, and the one transformer used by Mimi (and later by the temporal
-//! LM and the depformer), which differ by configuration only.
+//! attention, and the one transformer used by Mimi, the temporal LM and the depformer, which
+//! differ by configuration only. They hold weights and streaming state and say *what* to
+//! compute; *how* each op runs on each device is `exec`'s choice.
 
 pub mod attention;
 pub mod conv;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod linear;
 pub mod norm;
 pub mod per_step;

@@ -1,7 +1,7 @@
 //! Normalisations: LayerNorm (Mimi, eps 1e-5, with bias) and RMSNorm computed in f32
 //! (the LM, eps 1e-8, weight `alpha` of shape [1, 1, dim]).
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
@@ -21,8 +21,7 @@ pub enum NormKind {
 #[derive(Debug, Clone)]
 pub enum Norm {
     Layer(candle_nn::LayerNorm),
-    /// `alpha` in f32 for the CPU's op-by-op form; `alpha_model` in the model's dtype for
-    /// Candle's fused kernel on GPUs, which computes in f32 too (one launch instead of nine).
+    /// `alpha` in f32 and in the model's dtype: `exec::rms_norm` picks the form per device.
     RmsF32 { alpha: Tensor, alpha_model: Tensor, eps: f64 },
 }
 
@@ -45,17 +44,8 @@ impl Norm {
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Norm::Layer(ln) => ln.forward(x),
-            Norm::RmsF32 { alpha_model, eps, .. } if !x.device().is_cpu() && x.dtype() == alpha_model.dtype() => {
-                candle_nn::ops::rms_norm(&x.contiguous()?, alpha_model, *eps as f32)
-            }
-            Norm::RmsF32 { alpha, eps, .. } => {
-                let dtype = x.dtype();
-                let xf = x.to_dtype(DType::F32)?;
-                let var = (xf.sqr()?.mean_keepdim(D::Minus1)? + *eps)?;
-                let y = xf.broadcast_mul(&var.sqrt()?.recip()?)?.broadcast_mul(alpha)?;
-                y.to_dtype(dtype)
-            }
+            Norm::Layer(ln) => crate::exec::layer_norm(x, ln),
+            Norm::RmsF32 { alpha, alpha_model, eps } => crate::exec::rms_norm(x, alpha, alpha_model, *eps),
         }
     }
 }

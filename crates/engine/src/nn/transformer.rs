@@ -9,12 +9,13 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{Attention, KvCache, KvCacheKind, StepCtx};
+use super::attention::Attention;
 use super::norm::{Norm, NormKind};
 use super::per_step::{PerStep, StepLayout};
 use super::rope::Rope;
 use super::{linear_no_bias, Linear};
 use crate::error::{EngineError, Result};
+use crate::exec::{KvCache, KvCacheKind, StepCtx};
 use crate::weights::get_checked;
 
 /// The feed-forward block's form.
@@ -86,16 +87,9 @@ impl Ffn {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Ffn::Gelu { linear1, linear2 } => linear2.forward(&linear1.forward(x)?.gelu_erf()?)?,
+            Ffn::Gelu { linear1, linear2 } => linear2.forward(&crate::exec::gelu_erf(&linear1.forward(x)?)?)?,
             Ffn::GatedSilu { linear_in, linear_out, hidden } => {
-                let h = linear_in.forward(x)?;
-                #[cfg(feature = "cuda")]
-                if h.device().is_cuda() && h.dtype() == candle_core::DType::BF16 {
-                    return Ok(linear_out.forward(&super::cuda::silu_gate(&h)?)?);
-                }
-                let a = h.narrow(candle_core::D::Minus1, 0, *hidden)?;
-                let b = h.narrow(candle_core::D::Minus1, *hidden, *hidden)?;
-                linear_out.forward(&(candle_nn::ops::silu(&a)? * b)?)?
+                linear_out.forward(&crate::exec::silu_gate(&linear_in.forward(x)?, *hidden)?)?
             }
         })
     }
@@ -150,9 +144,11 @@ impl Layer {
     }
 }
 
-/// Per-stream transformer state: one KV cache per layer and the position of the next step.
+/// Per-stream transformer state: one KV cache per layer (of the state's [`KvCacheKind`]) and
+/// the position of the next step. `Default` keeps keys and values in the model's dtype.
 #[derive(Debug, Clone, Default)]
 pub struct TransformerState {
+    kv_cache: KvCacheKind,
     caches: Vec<KvCache>,
     offset: usize,
     /// Per batch row, the position at which its stream began (empty: every row at 0).
@@ -160,6 +156,15 @@ pub struct TransformerState {
 }
 
 impl TransformerState {
+    /// A fresh state whose streaming caches store keys and values as `kv_cache`.
+    pub fn new(kv_cache: KvCacheKind) -> Self {
+        Self { kv_cache, ..Self::default() }
+    }
+
+    pub fn kv_cache(&self) -> KvCacheKind {
+        self.kv_cache
+    }
+
     /// Start batch row `row` (of `batch`) afresh at the next step: it forgets every key cached
     /// so far and counts its positions from there; the other rows go on.
     pub fn reset_row(&mut self, row: usize, batch: usize) {
@@ -211,7 +216,6 @@ pub struct Transformer {
     cfg: TransformerConfig,
     layers: Vec<Layer>,
     rope: Option<Rope>,
-    kv: KvCacheKind,
 }
 
 impl Transformer {
@@ -224,22 +228,12 @@ impl Transformer {
     pub fn with_layout(cfg: &TransformerConfig, layout: &StepLayout) -> Result<Self> {
         let layers = (0..cfg.num_layers).map(|i| Layer::new(cfg, &layout.layer(i))).collect::<Result<_>>()?;
         let rope = cfg.rope.then(|| Rope::new(cfg.d_model / cfg.num_heads, cfg.max_period));
-        Ok(Self { cfg: cfg.clone(), layers, rope, kv: KvCacheKind::Model })
-    }
-
-    /// How streaming steps store keys and values: applies to caches allocated from now on (a
-    /// state's ring is allocated at its first step and keeps its kind).
-    pub fn set_kv_cache(&mut self, kind: KvCacheKind) {
-        self.kv = kind;
-    }
-
-    pub fn kv_cache(&self) -> KvCacheKind {
-        self.kv
+        Ok(Self { cfg: cfg.clone(), layers, rope })
     }
 
     fn ctx(&self, x: &Tensor, offset: usize, capacity: Option<usize>, starts: &[usize]) -> Result<StepCtx> {
         let (b, t, _) = x.dims3()?;
-        StepCtx::new(b, t, offset, capacity, self.kv, starts, self.cfg.context, self.rope.as_ref(), x.device())
+        StepCtx::new(b, t, offset, capacity, starts, self.cfg.context, self.rope.as_ref(), x.device())
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -286,7 +280,7 @@ impl Transformer {
         inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         if state.caches.len() != self.layers.len() {
-            state.caches = vec![KvCache::default(); self.layers.len()];
+            state.caches = vec![KvCache::new(state.kv_cache); self.layers.len()];
         }
         let t = x.dim(1)?;
         let ctx = self.ctx(x, state.offset, capacity, &state.starts)?;

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::Check;
 use crate::conversation::Moshi;
 use crate::error::{EngineError, Result};
+use crate::exec::RunOptions;
 use crate::lm::{GenConfig, LmConfig, LmModel, ReplayNoise};
 use crate::mimi::{DecoderState, EncoderState, Mimi, MimiConfig};
 use crate::model_files::MoshiFiles;
@@ -111,8 +112,8 @@ fn stream(model: &LmModel, fx: &Fixture, prefix: &str, g: &str, gen: GenConfig, 
     let (b, u, steps) = user.dims3()?;
     let user: Vec<i64> = user.permute((2, 0, 1))?.contiguous()?.flatten_all()?.to_vec1()?;
     let mut st = match noise {
-        Some(n) => model.new_state_with_noise(b, gen, Box::new(n))?,
-        None => model.new_state(b, gen, 0)?,
+        Some(n) => model.new_state_with_noise(b, gen, Box::new(n), &RunOptions::default())?,
+        None => model.new_state(b, gen, 0, &RunOptions::default())?,
     };
     let (kk, dq) = (model.config().num_streams(), model.config().dep_q);
     let (mut input, mut outs, mut tl, mut dl) = (vec![], vec![], vec![], vec![]);
@@ -138,7 +139,7 @@ fn pipeline(dir: &Path, out: &mut Vec<Check>) -> Result<()> {
     let fx = Fixture::load(&dir.join("moshi_tiny/io.safetensors"))?;
     let input: Vec<f32> = fx.get("input.pcm")?.flatten_all()?.to_vec1()?;
     let n = moshi.frame_size();
-    let mut conv = moshi.conversation(GenConfig::greedy(), 0, true)?;
+    let mut conv = moshi.conversation(GenConfig::greedy(), 0, true, &RunOptions::default())?;
     let silence = vec![0f32; n];
     let (mut codes, mut toks, mut pcm) = (vec![], vec![], vec![]);
     let mut text = TextStream::moshi(&moshi.tokenizer);

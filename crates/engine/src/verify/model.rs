@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::Check;
 use crate::conversation::Moshi;
 use crate::error::Result;
-use crate::nn::attention::KvCacheKind;
+use crate::exec::KvCacheKind;
 use crate::nn::transformer::TransformerState;
 
 /// A deliberate fault on the device side: temporal layer `layer`'s output scaled by `1 + scale`.
@@ -72,7 +72,7 @@ fn argmax(t: &Tensor) -> Result<Tensor> {
 /// over `frames` frames; then stream the LM on `dut` once per KV cache kind in `kv`.
 pub fn run(
     reference: &Moshi,
-    dut: &mut Moshi,
+    dut: &Moshi,
     frames: usize,
     tol: Tolerances,
     fault: Option<LayerFault>,
@@ -149,11 +149,8 @@ pub fn run(
 
     // The LM as conversations run it: streamed step by step through its KV cache (in each
     // kind asked for), teacher-forced with the same tokens, against the CPU's whole sequence.
-    let original = dut.lm.temporal().kv_cache();
     for &kind in kv {
-        dut.lm.set_kv_cache(kind);
-        let (text, audio) = stream_teacher(dut, &td.delayed_input, &td.depformer_tokens)?;
-        dut.lm.set_kv_cache(original);
+        let (text, audio) = stream_teacher(dut, kind, &td.delayed_input, &td.depformer_tokens)?;
         let g = format!("lm streamed, {} KV cache", kind_name(kind));
         // The 8-bit cache's own error (≤ 1/254 of each cached vector's peak per value, about twice
         // bf16's rounding) is not a backend's: it gets the bf16 bounds whatever the model dtype.
@@ -177,13 +174,13 @@ fn kind_name(kind: KvCacheKind) -> &'static str {
     }
 }
 
-/// Stream `moshi`'s LM over the delayed input [B, K, T] one step at a time (temporal KV cache,
-/// depformer reading `dep_tokens` [B, dep_q, T]): text logits [B, T, text_card] and depformer
-/// logits [B, dep_q, T, card], as `forward_teacher` lays them out.
-fn stream_teacher(moshi: &Moshi, input: &Tensor, dep_tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Stream `moshi`'s LM over the delayed input [B, K, T] one step at a time (a temporal KV cache
+/// of `kind`, depformer reading `dep_tokens` [B, dep_q, T]): text logits [B, T, text_card] and
+/// depformer logits [B, dep_q, T, card], as `forward_teacher` lays them out.
+fn stream_teacher(moshi: &Moshi, kind: KvCacheKind, input: &Tensor, dep_tokens: &Tensor) -> Result<(Tensor, Tensor)> {
     let lm = &moshi.lm;
     let t = input.dim(2)?;
-    let mut state = TransformerState::default();
+    let mut state = TransformerState::new(kind);
     let (mut text, mut audio) = (Vec::with_capacity(t), Vec::with_capacity(t));
     for p in 0..t {
         let out = lm.temporal().step(&input.narrow(2, p, 1)?.contiguous()?, &mut state, &mut |_, _| Ok(()))?;

@@ -11,9 +11,10 @@ use candle_nn::ops::{silu, softmax_last_dim};
 use super::Env;
 use crate::error::Result;
 use crate::lm::temporal::ZeroableEmbedding;
-use crate::nn::conv::{elu, ConvSpec, ConvState, ConvTrState, PadMode, StreamingConv1d, StreamingConvTr1d};
+use crate::exec::{elu, KvCache, KvCacheKind, StepCtx};
+use crate::nn::attention::Attention;
+use crate::nn::conv::{ConvSpec, ConvState, ConvTrState, PadMode, StreamingConv1d, StreamingConvTr1d};
 use crate::nn::norm::Norm;
-use crate::nn::attention::{Attention, KvCache, KvCacheKind, StepCtx};
 use crate::nn::per_step::StepLayout;
 use crate::nn::rope::Rope;
 use crate::nn::Linear;
@@ -210,14 +211,14 @@ fn streamed_attention(e: &mut Env, dh: usize, kind: KvCacheKind) -> Result<Tenso
     let attn = Attention::new(d, h, true, &StepLayout::Shared(e.vb(vec![("in_proj_weight", w_in), ("out_proj.weight", w_out)])?))?;
     let rope = Rope::new(dh, 10_000.0);
     let x = e.rand(&[b, steps, d], 1.0)?;
-    let mut cache = KvCache::default();
+    let mut cache = KvCache::new(kind);
     let mut starts = vec![0usize; b];
     let mut ys = Vec::with_capacity(steps);
     for p in 0..steps {
         if p == 5 {
             starts[1] = 5;
         }
-        let ctx = StepCtx::new(b, 1, p, Some(cap), kind, &starts, cap, Some(&rope), e.device)?;
+        let ctx = StepCtx::new(b, 1, p, Some(cap), &starts, cap, Some(&rope), e.device)?;
         ys.push(attn.forward(&x.narrow(1, p, 1)?.contiguous()?, &ctx, &mut cache)?);
     }
     Ok(Tensor::cat(&ys, 1)?)

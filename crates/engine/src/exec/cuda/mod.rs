@@ -11,7 +11,7 @@
 //!   and combined in a second launch; rows see only positions from their stream's start.
 //! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
 //!
-//! The CPU computes the same with Candle's ops (quantise/dequantise in `nn::attention`):
+//! The CPU computes the same with Candle's ops (`exec::attention`; quantise/dequantise in `exec::kv_cache`):
 //! `verify ops` compares the attention kernels with it on small cases (the `attention` group);
 //! `silu_gate` is covered by `verify model`, which compares every temporal layer.
 

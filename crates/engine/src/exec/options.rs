@@ -1,0 +1,31 @@
+//! Per-run choices: what a caller decides for one conversation (or one bare LM or transformer
+//! state) rather than for the weights. They are given when the state is made
+//! (`Moshi::conversation`, `Moshi::slots`, `LmModel::new_state`, `TransformerState::new`) and kept
+//! by that state; the shared weights never hold them, so two conversations over one `Moshi` may
+//! differ.
+//!
+//! The device and the dtype are the loader's: weights are loaded in a dtype on a device
+//! (`MoshiFiles::load`, `tiny::load_moshi`, `Mimi::load`, `LmModel::load` take them), and a state
+//! computes wherever its model's weights are.
+
+use super::kv_cache::KvCacheKind;
+
+/// What a conversation (or an LM or transformer state) runs with; `Default` is the reference's
+/// behaviour: a KV cache in the model's dtype, eager execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunOptions {
+    /// How the LM's temporal transformer stores its streaming keys and values. Mimi's caches and
+    /// the depformer's (small, one frame deep) stay in the model's dtype.
+    pub kv_cache: KvCacheKind,
+    /// Run the steps as captured CUDA graphs. Not implemented yet: it has no effect, every
+    /// backend runs eagerly (the only mode today). Reserved so that callers already say what
+    /// they want where the choice will be made.
+    pub cuda_graphs: bool,
+}
+
+impl RunOptions {
+    /// These options with the KV cache stored as `kind`.
+    pub fn with_kv_cache(self, kind: KvCacheKind) -> Self {
+        Self { kv_cache: kind, ..self }
+    }
+}
