@@ -7,7 +7,7 @@ use moshi_engine::conversation::StageTimes;
 use moshi_engine::lm::GenConfig;
 use moshi_engine::verify::model::test_signal;
 
-use crate::model::{cli_name, DeviceArg, DtypeArg};
+use crate::model::cli_name;
 use crate::stats::percentile as pct;
 use crate::sources::MoshiSource;
 
@@ -25,15 +25,8 @@ pub struct BenchArgs {
     /// Frames run before timing starts.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
-    /// Where the model runs (cuda and metal need a build with that feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// The LM's dtype; Mimi always runs in f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
-    /// How the LM's KV cache stores keys and values.
-    #[arg(long, value_enum, default_value = "model")]
-    pub kv_cache: crate::model::KvCacheArg,
+    #[command(flatten)]
+    pub runtime: crate::model::RuntimeArgs,
     /// Step the rows as `serve` does: conversation slots, each started with its own seed.
     #[arg(long)]
     pub slots: bool,
@@ -79,7 +72,7 @@ pub fn ascii_plot(times: &[f64], budget: f64) -> String {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (dev, dt) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+    let (dev, dt) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let t0 = std::time::Instant::now();
     let loaded = args.source.load(dt, &dev)?;
     eprintln!("model ready in {:.1} s: {}", t0.elapsed().as_secs_f64(), loaded.identity);
@@ -87,7 +80,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Err(e) = bench_batch(&args, &loaded, batch, &dev, dt) {
             let msg = format!("{e:#}");
             eprintln!("batch {batch}: {msg}");
-            println!("{}", serde_json::json!({"batch": batch, "error": msg, "kv_cache": cli_name(&args.kv_cache)}));
+            println!("{}", serde_json::json!({"batch": batch, "error": msg, "kv_cache": cli_name(&args.runtime.kv_cache)}));
         }
     }
     Ok(())
@@ -98,7 +91,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     let n = moshi.frame_size();
     let total = args.warmup + args.frames;
     let signal = test_signal(total * n);
-    let options = args.kv_cache.run_options();
+    let options = args.runtime.kv_cache.run_options();
     let mut conv = if args.slots {
         let mut c = moshi.slots(batch, &options)?;
         for row in 0..batch {
@@ -137,7 +130,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     json.insert("lm_weight_gb".into(), serde_json::json!(weight_bytes as f64 / 1e9));
     json.insert("lm_weight_bandwidth_tb_s".into(), serde_json::json!(weight_bytes as f64 / (lm_med * 1e-3) / 1e12));
     json.insert("kv_cache_gb".into(), serde_json::json!(conv.cache_bytes() as f64 / 1e9));
-    json.insert("kv_cache".into(), serde_json::json!(cli_name(&args.kv_cache)));
+    json.insert("kv_cache".into(), serde_json::json!(cli_name(&args.runtime.kv_cache)));
     json.insert("context_fill".into(), serde_json::json!(args.context_fill));
     json.insert("slots".into(), serde_json::json!(args.slots));
     if let Some((used, total)) = moshi_engine::device_memory(dev) {
@@ -154,14 +147,14 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     }
     let med = pct(total_col, 0.5);
     json.insert("real_time_factor".into(), serde_json::json!(med / budget));
-    for (k, v) in [("model", serde_json::json!(loaded.identity)), ("device", serde_json::json!(cli_name(&args.device))), ("dtype", serde_json::json!(cli_name(&args.dtype)))] {
+    for (k, v) in [("model", serde_json::json!(loaded.identity)), ("device", serde_json::json!(cli_name(&args.runtime.device))), ("dtype", serde_json::json!(cli_name(&args.runtime.dtype)))] {
         json.insert(k.into(), v);
     }
     for (k, v) in [("batch", batch), ("frames", args.frames), ("warmup", args.warmup)] {
         json.insert(k.into(), serde_json::json!(v));
     }
     if !args.json {
-        println!("{} on {} {}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, cli_name(&args.device), cli_name(&args.dtype), batch, args.frames, args.warmup);
+        println!("{} on {} {}, batch {}, {} frames after {} warm-up (ms per frame of {budget:.0} ms audio)", loaded.identity, cli_name(&args.runtime.device), cli_name(&args.runtime.dtype), batch, args.frames, args.warmup);
         println!("{:>8} {:>9} {:>9} {:>9}", "stage", "median", "p90", "p99");
         for (name, v) in &stages {
             println!("{name:>8} {:>9.2} {:>9.2} {:>9.2}", pct(v, 0.5), pct(v, 0.9), pct(v, 0.99));

@@ -10,7 +10,7 @@ use moshi_engine::lm::random::random_weights_with;
 use moshi_engine::lm::{check_checkpoint, GenConfig, LmConfig, LmModel};
 use moshi_engine::nn::transformer::TransformerState;
 
-use crate::model::{cli_name, DeviceArg, DtypeArg};
+use crate::model::cli_name;
 use crate::stats::{percentile, round3};
 
 /// `lm bench`'s options.
@@ -34,15 +34,8 @@ pub struct BenchArgs {
     /// An LM config JSON (Kyutai's field names); the 7B's when absent.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where the LM runs (cuda and metal need a build with that feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// The LM's dtype.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
-    /// How the KV cache stores keys and values.
-    #[arg(long, value_enum, default_value = "model")]
-    pub kv_cache: crate::model::KvCacheArg,
+    #[command(flatten)]
+    pub runtime: crate::model::RuntimeArgs,
     /// Before timing, move every row this many steps into its conversation (3000: the 7B's
     /// full context, which attention then reads in full at every step).
     #[arg(long, default_value_t = 0)]
@@ -105,9 +98,9 @@ fn sync(dev: &Device) -> anyhow::Result<()> {
 
 fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let (batch, steps, warmup, context_fill) = (args.batch, args.steps, args.warmup, args.context_fill);
-    let (dev, dtype) = (&crate::model::device(args.device)?, crate::model::dtype(args.dtype));
-    let options = args.kv_cache.run_options();
-    let (kv_name, dtype_name, device_name) = (cli_name(&args.kv_cache), cli_name(&args.dtype), cli_name(&args.device));
+    let (dev, dtype) = (&crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
+    let options = args.runtime.kv_cache.run_options();
+    let (kv_name, dtype_name, device_name) = (cli_name(&args.runtime.kv_cache), cli_name(&args.runtime.dtype), cli_name(&args.runtime.device));
     let t0 = Instant::now();
     let bar = crate::progress::WeightsBar::new("drawing random weights");
     let weights = random_weights_with(cfg, dtype, dev, &mut |d, t| bar.update(d, t))?;

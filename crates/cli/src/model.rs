@@ -40,6 +40,22 @@ impl KvCacheArg {
     }
 }
 
+/// Where and how a model runs: the flags `run`, `serve`, `bench` and `lm bench` share. The device
+/// and dtype go to the loader, the KV cache to each conversation's [`RunOptions`](moshi_engine::exec::RunOptions).
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Where the model runs (cuda and metal need a build with that feature).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// The LM's dtype; Mimi always runs in f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the
+    /// memory of bf16; its accuracy is in docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "model")]
+    pub kv_cache: KvCacheArg,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DtypeArg {
     F32,

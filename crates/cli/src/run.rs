@@ -19,7 +19,7 @@ use moshi_engine::text::TextStream;
 use sha2::{Digest, Sha256};
 
 use crate::paths::{absolute, check_in_out, check_writable};
-use crate::model::{cli_name, DeviceArg, DtypeArg, SamplingArgs};
+use crate::model::{cli_name, SamplingArgs};
 use crate::sources::MoshiSource;
 use crate::stats::{percentile, round3};
 
@@ -57,16 +57,8 @@ pub struct RunArgs {
     /// Seconds of silence fed after the input, so that Moshi can answer (≥ 0).
     #[arg(long, default_value_t = 2.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
     pub silence: f64,
-    /// Where the model runs (cuda and metal need a build with that feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// The LM's dtype; Mimi always runs in f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
-    /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the
-    /// memory of bf16; its accuracy is in docs/benchmarks.md).
-    #[arg(long, value_enum, default_value = "model")]
-    pub kv_cache: crate::model::KvCacheArg,
+    #[command(flatten)]
+    pub runtime: crate::model::RuntimeArgs,
 }
 
 /// The files of one run, checked before anything heavy happens.
@@ -155,7 +147,7 @@ impl Transcript {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let paths = args.paths()?;
     args.source.precheck()?;
-    let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+    let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
 
     tracing::info!(input = %paths.input.display(), "reading the input");
     let samples = audio::load_mono_24k(&paths.input).with_context(|| format!("reading {}", paths.input.display()))?;
@@ -177,7 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let gen = args.sampling.gen_config();
-    let mut conv = moshi.conversation(gen, args.seed, true, &args.kv_cache.run_options())?;
+    let mut conv = moshi.conversation(gen, args.seed, true, &args.runtime.kv_cache.run_options())?;
     let mut transcript = TextStream::moshi(&moshi.tokenizer);
     let mut text = String::new();
     let mut pcm_out: Vec<f32> = Vec::new();
@@ -220,9 +212,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "output": paths.output.display().to_string(),
         "output_format": if args.pcm16 { "pcm16" } else { "f32" },
         "model": loaded.identity,
-        "device": cli_name(&args.device),
-        "dtype": cli_name(&args.dtype),
-        "kv_cache": cli_name(&args.kv_cache),
+        "device": cli_name(&args.runtime.device),
+        "dtype": cli_name(&args.runtime.dtype),
+        "kv_cache": cli_name(&args.runtime.kv_cache),
         "seed": args.seed,
         "sampling": if args.sampling.greedy { serde_json::json!("greedy") } else { serde_json::to_value(gen)? },
         "input_frames": input_frames,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use moshi_server::ServerConfig;
 
-use crate::model::{DeviceArg, DtypeArg, SamplingArgs};
+use crate::model::SamplingArgs;
 use crate::sources::MoshiSource;
 
 #[derive(Debug, Args)]
@@ -46,20 +46,12 @@ pub struct ServeArgs {
     /// Default sampling (clients may override it with query parameters).
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Where the model runs (cuda and metal need a build with that feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// The LM's dtype; Mimi always runs in f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
-    /// How the LM's KV cache stores keys and values: the model's dtype, or 8-bit (half the
-    /// memory of bf16; its accuracy is in docs/benchmarks.md).
-    #[arg(long, value_enum, default_value = "model")]
-    pub kv_cache: crate::model::KvCacheArg,
+    #[command(flatten)]
+    pub runtime: crate::model::RuntimeArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+    let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let loaded = args.source.load(dtype, &device)?;
     eprintln!("model: {}", loaded.identity);
     let defaults = args.sampling.gen_config();
@@ -73,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allow_any_origin: args.allow_any_origin,
         tls: args.cert.zip(args.key),
         defaults,
-        options: args.kv_cache.run_options(),
+        options: args.runtime.kv_cache.run_options(),
         model_name: loaded.identity.clone(),
         ..ServerConfig::default()
     };
