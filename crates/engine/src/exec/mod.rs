@@ -13,6 +13,7 @@
 //! | `silu_gate` | Candle's silu × gate | bf16: our kernel | Candle |
 //! | `attention` | Candle's ops, products in f32 | bf16 one-step streaming, Dh 64/128: our kernels | Candle |
 //! | `elu`, `gelu_erf`, `layer_norm`, `pointwise_conv`, `embedding` | Candle | Candle | Candle |
+//! | token sampling (`sampler`) | host | our kernel, same arithmetic as the host (top-k ≤ 1024) | host |
 //!
 //! **The contiguous-inputs policy** ([`Policy::contiguous_inputs`], on for Metal): Candle's Metal
 //! conv and unary kernels have read strided inputs wrongly (the class of bug that garbled Moshi
@@ -33,6 +34,7 @@ mod cpu;
 pub mod cuda;
 pub mod kv_cache;
 pub mod options;
+pub mod sampler;
 pub mod step_ctx;
 
 use std::cell::Cell;
@@ -43,6 +45,7 @@ use crate::error::Result;
 pub use cpu::SMALL_M;
 pub use kv_cache::{dequantize_i8, quantize_i8, KvCache, KvCacheKind};
 pub use options::RunOptions;
+pub use sampler::{device_sampling, FrameSampler, FrameTokens, SampleCallPlan, Sampler};
 pub use step_ctx::StepCtx;
 
 /// The device families the seam tells apart.

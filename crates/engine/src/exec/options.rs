@@ -9,9 +9,10 @@
 //! computes wherever its model's weights are.
 
 use super::kv_cache::KvCacheKind;
+use super::sampler::Sampler;
 
 /// What a conversation (or an LM or transformer state) runs with; `Default` is the reference's
-/// behaviour: a KV cache in the model's dtype, eager execution.
+/// behaviour: a KV cache in the model's dtype, eager execution, sampling on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunOptions {
     /// How the LM's temporal transformer stores its streaming keys and values. Mimi's caches and
@@ -21,6 +22,10 @@ pub struct RunOptions {
     /// backend runs eagerly (the only mode today). Reserved so that callers already say what
     /// they want where the choice will be made.
     pub cuda_graphs: bool,
+    /// Where tokens are sampled: on the model's device where it can (CUDA), or on the host.
+    /// Both give the same tokens for the same noise (`exec::sampler`).
+    #[serde(default)]
+    pub sampler: Sampler,
 }
 
 impl RunOptions {

@@ -10,7 +10,7 @@ use super::delays::DelayBuffer;
 use super::model::LmModel;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
-use crate::exec::RunOptions;
+use crate::exec::{device_sampling, FrameSampler, RunOptions, SampleCallPlan};
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a conversation.
@@ -85,6 +85,61 @@ impl LmGenState {
             .map(|(r, ((cfg, noise), row))| sample(row, 1, &pick(cfg), noise, &format!("{what}, row {r}")))
             .collect::<Result<_>>()?;
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Each row's sampling settings for one kind of token (text or audio).
+    fn row_settings(&self, text: bool) -> Vec<SamplingConfig> {
+        let pick = |c: &GenConfig| if text { c.text } else { c.audio };
+        if self.rows.is_empty() {
+            vec![pick(&self.cfg); self.batch()]
+        } else {
+            self.rows.iter().map(|(c, _)| pick(c)).collect()
+        }
+    }
+
+    /// The top-k each row will sample with in a frame (text, then audio; 0 for greedy rows and
+    /// for "every token"), `vocab` the text and audio vocabularies.
+    fn frame_top_k(&self, vocab: [usize; 2]) -> Vec<u32> {
+        let mut ks = Vec::new();
+        for (text, v) in [(true, vocab[0]), (false, vocab[1])] {
+            ks.extend(self.row_settings(text).iter().map(|s| if s.is_greedy() { 0 } else { s.top_k.min(v) as u32 }));
+        }
+        ks
+    }
+
+    /// Draw the noise of a frame's `calls` sampling calls (the text token, then `calls − 1`
+    /// depformer steps) now, exactly as the host sampler would draw it call by call: the same
+    /// sources, in the same order, the same number of values (none for greedy settings).
+    fn draw_frame(&mut self, vocab: [usize; 2], calls: usize) -> Result<Vec<SampleCallPlan>> {
+        let b = self.batch();
+        let mut out = Vec::with_capacity(calls);
+        for c in 0..calls {
+            let text = c == 0;
+            let v = if text { vocab[0] } else { vocab[1] };
+            let settings = self.row_settings(text);
+            let k_of = |s: &SamplingConfig| if s.is_greedy() { 0 } else if s.top_k == 0 { v } else { s.top_k.min(v) };
+            let temps = settings.iter().map(|s| if s.is_greedy() { 0.0 } else { s.temperature.unwrap_or(1.0) as f32 }).collect();
+            let top_k = settings.iter().map(|s| if s.is_greedy() { 0 } else { s.top_k.min(v) as u32 }).collect();
+            let stride = settings.iter().map(k_of).max().unwrap_or(0);
+            let mut noise = Vec::new();
+            if self.rows.is_empty() {
+                if stride > 0 {
+                    self.noise.fill(b, stride, &mut noise)?;
+                }
+            } else {
+                noise = vec![1.0; b * stride];
+                let mut block = Vec::new();
+                for (r, (_, source)) in self.rows.iter_mut().enumerate() {
+                    let k = k_of(&settings[r]);
+                    if k > 0 {
+                        source.fill(1, k, &mut block)?;
+                        noise[r * stride..r * stride + k].copy_from_slice(&block);
+                    }
+                }
+            }
+            out.push(SampleCallPlan { temps, top_k, noise, stride });
+        }
+        Ok(out)
     }
 
     /// Steps taken so far.
@@ -189,6 +244,10 @@ impl LmModel {
         let input = st.tokens.input(user)?;
         let device = self.temporal_device();
         let t_out = self.temporal().step_host(&input, b, &mut st.temporal, &mut |_, _| Ok(()))?;
+        let vocab = [cfg.text_card, cfg.card];
+        if device_sampling(&device, &st.options, st.frame_top_k(vocab)) {
+            return self.sample_on_device(st, input, t_out, t0, vocab);
+        }
         let logits = to_f32_vec(&t_out.text_logits)?;
         if logits.iter().any(|x| !x.is_finite()) {
             let tokens = Tensor::from_vec(input.clone(), (b, kk, 1), &device)?;
@@ -228,6 +287,57 @@ impl LmModel {
             }
         }
         let depformer_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let times = (temporal_ms, depformer_ms);
+        Self::finish_step(st, input, sampled, t_out, depformer_logits, times)
+    }
+
+    /// The sampling half of `step` with the device sampler (`exec::sampler`): the frame's noise
+    /// drawn first, every call's token left on the device for the next depformer step, one
+    /// download at the end. The same tokens as the host path for the same noise; a non-finite
+    /// logit is reported as there (the text's first), found through the kernel's flags.
+    fn sample_on_device(&self, st: &mut LmGenState, input: Vec<i64>, t_out: super::temporal::TemporalOut, t0: std::time::Instant, vocab: [usize; 2]) -> Result<StepOut> {
+        let (b, dq, n) = (st.batch(), self.config().dep_q, st.step_index());
+        let calls = st.draw_frame(vocab, 1 + dq)?;
+        let device = self.temporal_device();
+        let sampler = FrameSampler::new(&device, b, &calls)?;
+        let mut prev = sampler.sample(&t_out.text_logits, 0)?;
+        let temporal_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = std::time::Instant::now();
+        let mut dstate = TransformerState::default();
+        let mut depformer_logits = Vec::with_capacity(dq);
+        for k in 0..dq {
+            let l = self.depformer().step_shifted(k, &t_out.out, &prev, &mut dstate)?;
+            prev = sampler.sample(&l, 1 + k)?;
+            depformer_logits.push(l);
+        }
+        let got = sampler.finish()?;
+        let cols = 1 + dq;
+        if (0..b).any(|r| got.flags[r * cols] != 0) {
+            let tokens = Tensor::from_vec(input.clone(), (b, self.config().num_streams(), 1), &device)?;
+            return Err(self.locate_non_finite(st, &tokens, "text logits"));
+        }
+        if let Some(k) = (0..dq).find(|&k| (0..b).any(|r| got.flags[r * cols + 1 + k] != 0)) {
+            return Err(EngineError::NonFinite(format!(
+                "step {n}: non-finite logits at depformer step {k} (codebook {k}); the temporal output was finite"
+            )));
+        }
+        let sampled: Vec<i64> = got.tokens.iter().map(|&t| t as i64).collect();
+        let times = (temporal_ms, t1.elapsed().as_secs_f64() * 1e3);
+        Self::finish_step(st, input, sampled, t_out, depformer_logits, times)
+    }
+
+    /// Record a step's sampled tokens [B, 1 + dep_q] in the delay ring and make its `StepOut`.
+    fn finish_step(
+        st: &mut LmGenState,
+        input: Vec<i64>,
+        sampled: Vec<i64>,
+        t_out: super::temporal::TemporalOut,
+        depformer_logits: Vec<Tensor>,
+        (temporal_ms, depformer_ms): (f64, f64),
+    ) -> Result<StepOut> {
+        let cols = sampled.len() / st.batch();
+        let text = sampled.iter().step_by(cols).map(|&t| t as u32).collect();
+        let audio = sampled.chunks(cols).flat_map(|r| r[1..].iter().map(|&t| t as u32)).collect();
         let tokens = st.tokens.record(&sampled)?;
         Ok(StepOut {
             temporal_ms,

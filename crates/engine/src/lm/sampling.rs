@@ -135,6 +135,45 @@ impl Noise for ReplayNoise {
     }
 }
 
+/// e^x for the softmax, computed the same way on the host and in the CUDA sampler
+/// (`exec/cuda/kernels.cu`, `moshi_exp`) so that both give the same bits: the platform's `expf`
+/// (glibc, Apple's libm, CUDA's `expf`) differs from one to the next by an ulp here and there,
+/// enough to move a sum and with it a sampled token. In f64, with only additions and
+/// multiplications each rounded once (no fused multiply-add on either side): x = n·ln 2 + r with
+/// |r| ≤ ln 2 / 2 (Cody–Waite, ln 2 in two parts so that n·LN2_HI is exact), e^r by its Taylor
+/// series to r¹¹ (truncation < 7e-15 relative), times 2ⁿ, rounded once to f32. That is the
+/// correctly rounded e^x except where the true value lies within ~1e-14 of a rounding boundary
+/// (1 of 160 million f32 inputs in [−104, 0]; glibc's expf differs from it on 1 in 11 500).
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f64 = 1.4426950408889634;
+    const LN2_HI: f64 = 0.6931467056274414; // ln 2 with its last 32 bits zero
+    const LN2_LO: f64 = 4.7493250387997676e-07;
+    const INV_FACT: [f64; 12] = [
+        1.0, 1.0, 0.5, 0.16666666666666666, 0.041666666666666664, 0.008333333333333333, 0.001388888888888889,
+        0.0001984126984126984, 2.48015873015873e-05, 2.7557319223985893e-06, 2.755731922398589e-07,
+        2.505210838544172e-08,
+    ];
+    if x.is_nan() {
+        return x;
+    }
+    if x < -104.0 {
+        return 0.0; // below half the smallest subnormal
+    }
+    if x > 89.0 {
+        return f32::INFINITY;
+    }
+    let xd = x as f64;
+    let n = (xd * LOG2E).round();
+    let r = (xd - n * LN2_HI) - n * LN2_LO;
+    let mut p = INV_FACT[11];
+    for c in INV_FACT[..11].iter().rev() {
+        p = p * r + c;
+    }
+    // 2ⁿ for n in [−151, 129]: a normal f64, so the product is exact until the final rounding.
+    let scale = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (p * scale) as f32
+}
+
 /// Index of the largest value (the first one on ties, as torch's argmax on CPU).
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
@@ -178,7 +217,7 @@ pub fn sample(logits: &[f32], rows: usize, cfg: &SamplingConfig, noise: &mut dyn
         }
         let mut sum = 0f32;
         for (p, &x) in probs.iter_mut().zip(row) {
-            *p = (x / temp - m).exp();
+            *p = exp_f32(x / temp - m);
             sum += *p;
         }
         for p in probs.iter_mut() {
@@ -221,5 +260,30 @@ mod tests {
         }
         assert!(SamplingConfig::from_user(1e-300, 5).unwrap().is_greedy());
         assert!(!SamplingConfig::from_user(1e-30, 5).unwrap().is_greedy());
+    }
+
+    /// `exp_f32` is e^x rounded to f32: against f64's exp rounded once, on a sweep of the inputs
+    /// the softmax gives it ([−104, 0], every 997th f32) and at its edges.
+    #[test]
+    fn exp_f32_is_the_rounded_exponential() {
+        let (mut n, mut off) = (0u32, 0u32);
+        let mut bits = (-104.0f32).to_bits();
+        while bits > 0x8000_0000 {
+            let x = f32::from_bits(bits);
+            n += 1;
+            if exp_f32(x) != (x as f64).exp() as f32 {
+                off += 1;
+            }
+            bits -= 997;
+        }
+        assert!(n > 1_000_000 && off <= 1, "{off} of {n} differ");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-0.0), 1.0);
+        assert_eq!(exp_f32(-105.0), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-103.9), (-103.9f64).exp() as f32); // subnormal
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(88.0), 88f64.exp() as f32);
+        assert_eq!(exp_f32(90.0), f32::INFINITY);
     }
 }

@@ -164,7 +164,45 @@ pub fn run(
         out.push(agreement(&g, "greedy audio (agreement)", &argmax(&audio)?, &argmax(&tr.depformer_logits)?, agree)?);
         progress(&format!("LM streamed with the {} KV cache", kind_name(kind)));
     }
+    out.push(sampled_tokens(dut, &codes)?);
+    progress("LM sampled with the device and the host sampler");
     Ok(out)
+}
+
+/// The `lm sampled` group: the LM on the device under test generating with sampling, once with
+/// the device sampler and once with the host sampler, the same seeds: every text and audio token
+/// must be equal. Two conversation slots with different settings (the reference's defaults, and
+/// text greedy with audio at 1.0 / top 100), fed the CPU's codes as the user's audio. Where the
+/// device has no sampler kernel both runs sample on the host, and the row checks only that
+/// generation is deterministic.
+fn sampled_tokens(dut: &Moshi, codes: &Tensor) -> Result<Check> {
+    use crate::exec::{RunOptions, Sampler};
+    use crate::lm::generate::GenConfig;
+    use crate::lm::sampling::SamplingConfig;
+    let lm = &dut.lm;
+    let user_k = lm.config().user_streams();
+    let frames = codes.dim(2)?;
+    let user_k = user_k.min(codes.dim(1)?);
+    let codes: Vec<i64> = codes.to_device(&Device::Cpu)?.squeeze(0)?.to_vec2::<i64>()?.concat(); // [K, T]
+    let configs = [GenConfig::default(), GenConfig { text: SamplingConfig::greedy(), audio: SamplingConfig::sampled(1.0, 100) }];
+    let mut runs = Vec::new();
+    for sampler in [Sampler::Device, Sampler::Host] {
+        let opts = RunOptions { sampler, ..RunOptions::default() };
+        let mut st = lm.new_slots(2, &opts)?;
+        for (r, c) in configs.iter().enumerate() {
+            st.reset_row(r, *c, 4242 + r as u64)?;
+        }
+        let mut tokens = Vec::new();
+        for p in 0..frames {
+            // The same user codes in both rows: frame p's first `user_k` codebooks.
+            let user: Vec<i64> = (0..2).flat_map(|_| (0..user_k).map(move |q| (q, p))).map(|(q, p)| codes[q * frames + p]).collect();
+            let o = lm.step(&mut st, &user)?;
+            tokens.extend(o.text.iter().map(|&x| x as i64));
+            tokens.extend(o.audio.iter().map(|&x| x as i64));
+        }
+        runs.push(Tensor::from_vec(tokens.clone(), tokens.len(), &Device::Cpu)?);
+    }
+    Check::codes("lm sampled", "device vs host sampler, tokens", &runs[0], &runs[1])
 }
 
 fn kind_name(kind: KvCacheKind) -> &'static str {

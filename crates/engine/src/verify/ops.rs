@@ -23,6 +23,8 @@
 
 #[path = "ops_cases.rs"]
 mod cases;
+#[path = "ops_sampler.rs"]
+mod sampler_cases;
 
 use std::collections::HashMap;
 
@@ -37,6 +39,7 @@ use crate::error::{EngineError, Result};
 const OPS: &[&str] = &[
     "matmul", "linear", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
     "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
+    "sample",
 ];
 
 /// The op names `--inject-fault` accepts (each may carry a dtype: `softmax:bf16`).
@@ -120,7 +123,8 @@ fn dtype_name(d: DType) -> &'static str {
 /// row in f32 (the engine needs the op) and a skipped row in bf16 (the device may lack a bf16
 /// kernel; the model then runs in f32 there).
 pub fn run(device: &Device, fault: Option<Fault>) -> Result<Vec<Check>> {
-    let cases = cases::all();
+    let mut cases = cases::all();
+    cases.extend(sampler_cases::cases());
     debug_assert!(cases.iter().all(|c| OPS.contains(&c.op)), "a case's op is missing from OPS");
     let mut rows = Vec::with_capacity(2 * cases.len());
     for op in OPS {

@@ -288,3 +288,214 @@ extern "C" __global__ void silu_gate_bf16(const __nv_bfloat16* __restrict__ h, _
     const float s = __bfloat162float(__float2bfloat16(a / (1.f + expf(-a))));
     out[idx] = __float2bfloat16(s * g);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The device sampler: one block per batch row, the host sampler's arithmetic (lm/sampling.rs)
+// reproduced operation for operation, so that the same logits and noise give the same token:
+// softmax(logits / T) in f32 with `moshi_exp` (the host's `exp_f32`), its sum in token order by
+// one thread (a tree sum would round differently), the top k by (probability desc, index asc),
+// and the token at rank argmax(p_r / q_r), first rank on ties, NaN ratios skipped unless at
+// rank 0 (the host's sequential argmax). Every rounding is spelled out (__f*_rn, __d*_rn) so that
+// nvcc cannot fuse a multiply and an add where the host does not.
+
+#define SAMPLE_THREADS 512
+#define SAMPLE_KMAX 1024
+
+__device__ __forceinline__ float moshi_exp(float x) {
+    if (isnan(x)) return x;
+    if (x < -104.f) return 0.f;
+    if (x > 89.f) return INFINITY;
+    const double xd = (double)x;
+    const double n = round(__dmul_rn(xd, 1.4426950408889634));
+    const double r = __dsub_rn(__dsub_rn(xd, __dmul_rn(n, 0.6931467056274414)), __dmul_rn(n, 4.7493250387997676e-07));
+    const double c[12] = {1.0, 1.0, 0.5, 0.16666666666666666, 0.041666666666666664, 0.008333333333333333,
+                          0.001388888888888889, 0.0001984126984126984, 2.48015873015873e-05, 2.7557319223985893e-06,
+                          2.755731922398589e-07, 2.505210838544172e-08};
+    double p = c[11];
+#pragma unroll
+    for (int k = 10; k >= 0; k--) p = __dadd_rn(__dmul_rn(p, r), c[k]);
+    const double scale = __longlong_as_double((long long)((int)n + 1023) << 52);
+    return __double2float_rn(__dmul_rn(p, scale));
+}
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// (value, position) pairs: is a better than b? Larger value, then smaller position; `valid`
+// false loses to anything valid.
+struct Best {
+    float v;
+    int pos;
+    int valid;
+};
+__device__ __forceinline__ bool better(const Best& a, const Best& b) {
+    if (a.valid != b.valid) return a.valid > b.valid;
+    return a.v > b.v || (a.v == b.v && a.pos < b.pos);
+}
+__device__ __forceinline__ Best block_best(Best x, Best* scratch) {
+    for (int o = 16; o > 0; o >>= 1) {
+        Best y;
+        y.v = __shfl_xor_sync(0xffffffffu, x.v, o);
+        y.pos = __shfl_xor_sync(0xffffffffu, x.pos, o);
+        y.valid = __shfl_xor_sync(0xffffffffu, x.valid, o);
+        if (better(y, x)) x = y;
+    }
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+    __syncthreads();
+    Best b = scratch[0];
+    for (int w = 1; w < SAMPLE_THREADS / 32; w++)
+        if (better(scratch[w], b)) b = scratch[w];
+    return b;
+}
+
+__device__ __forceinline__ float block_max_sample(float v, float* scratch) {
+    v = warp_max(v);
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float m = scratch[0];
+    for (int w = 1; w < SAMPLE_THREADS / 32; w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+// Sort key of token i with probability p >= 0: larger = earlier in the top-k order.
+__device__ __forceinline__ unsigned long long topk_key(float p, int i) {
+    return ((unsigned long long)__float_as_uint(p) << 16) | (unsigned long long)(0xFFFF - i);
+}
+
+// logits [B, V] (row stride V); per row: temps[row] (<= 0: greedy) and topks[row] (0: the whole
+// vocabulary in token order); noise row r at noise + r * noise_stride (the row's Exponential(1)
+// draws, one per rank); scratch [B, V] f32. Writes the token to tokens[row * out_stride + col]
+// and 1 to flags[...] (token 0) when the row holds a non-finite logit; next[row] = token + 1 (the
+// next depformer step's shifted input).
+template <typename T>
+__device__ void sample_row(const T* __restrict__ logits, int V, const float* __restrict__ temps,
+                           const float* __restrict__ topks, const float* __restrict__ noise, int noise_stride,
+                           float* __restrict__ scratch, unsigned* __restrict__ tokens, unsigned* __restrict__ flags,
+                           int out_stride, int col, unsigned* __restrict__ next) {
+    __shared__ Best red[SAMPLE_THREADS / 32];
+    __shared__ unsigned hist[256];
+    __shared__ float redf[SAMPLE_THREADS / 32];
+    __shared__ unsigned long long cand[SAMPLE_KMAX];
+    __shared__ int by_rank[SAMPLE_KMAX];
+    __shared__ float sh_f;
+    __shared__ unsigned long long sh_prefix;
+    __shared__ int sh_remain, sh_count, sh_nan0;
+    const int row = blockIdx.x, tid = threadIdx.x;
+    const T* x = logits + (size_t)row * V;
+    float* p = scratch + (size_t)row * V;
+    const float temp = temps[row];
+    const int topk = (int)topks[row];
+    const float* q = noise + (size_t)row * noise_stride;
+
+    // Finite check and the greedy argmax (first index of the largest logit) in one pass.
+    Best g = {-INFINITY, 0x7fffffff, 0};
+    int bad = 0;
+    for (int i = tid; i < V; i += SAMPLE_THREADS) {
+        const float v = to_f32(x[i]);
+        if (!isfinite(v)) bad = 1;
+        Best c = {v, i, 1};
+        if (better(c, g)) g = c;
+    }
+    bad = __syncthreads_or(bad);
+    const size_t o = (size_t)row * out_stride + col;
+    if (bad) {
+        if (tid == 0) { tokens[o] = 0; flags[o] = 1; next[row] = 1; }
+        return;
+    }
+    g = block_best(g, red);
+    int token = g.pos;
+    if (temp > 0.f) {
+        float m = -INFINITY;
+        for (int i = tid; i < V; i += SAMPLE_THREADS) m = fmaxf(m, __fdiv_rn(to_f32(x[i]), temp));
+        m = block_max_sample(m, redf);
+        // logits / T overflowed (a tiny positive T): the distribution's limit, the argmax.
+        if (!isinf(m)) {
+            for (int i = tid; i < V; i += SAMPLE_THREADS) p[i] = moshi_exp(__fsub_rn(__fdiv_rn(to_f32(x[i]), temp), m));
+            __syncthreads();
+            if (tid == 0) {
+                float s = 0.f;
+                for (int i = 0; i < V; i++) s = __fadd_rn(s, p[i]);
+                sh_f = s;
+            }
+            __syncthreads();
+            const float sum = sh_f;
+            for (int i = tid; i < V; i += SAMPLE_THREADS) p[i] = __fdiv_rn(p[i], sum);
+            if (tid == 0) sh_nan0 = 0;
+            __syncthreads();
+            Best b = {-INFINITY, 0x7fffffff, 0};
+            if (topk <= 0) {
+                // The whole vocabulary, rank = token index.
+                for (int i = tid; i < V; i += SAMPLE_THREADS) {
+                    const float r = __fdiv_rn(p[i], q[i]);
+                    if (isnan(r)) { if (i == 0) sh_nan0 = 1; continue; }
+                    Best c = {r, i, 1};
+                    if (better(c, b)) b = c;
+                }
+                b = block_best(b, red);
+                token = sh_nan0 ? 0 : b.pos;
+            } else {
+                const int k = min(topk, V);
+                // Radix select of the k-th largest key (keys are unique: 32 bits of p, 16 of index).
+                unsigned long long prefix = 0, mask = 0;
+                int remain = k;
+                for (int shift = 40; shift >= 0; shift -= 8) {
+                    for (int j = tid; j < 256; j += SAMPLE_THREADS) hist[j] = 0;
+                    __syncthreads();
+                    for (int i = tid; i < V; i += SAMPLE_THREADS) {
+                        const unsigned long long key = topk_key(p[i], i);
+                        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1u);
+                    }
+                    __syncthreads();
+                    if (tid == 0) {
+                        int cum = 0;
+                        for (int d = 255; d >= 0; d--) {
+                            if (cum + (int)hist[d] >= remain) {
+                                prefix |= (unsigned long long)d << shift;
+                                remain -= cum;
+                                break;
+                            }
+                            cum += hist[d];
+                        }
+                        sh_prefix = prefix;
+                        sh_remain = remain;
+                        sh_count = 0;
+                    }
+                    __syncthreads();
+                    prefix = sh_prefix;
+                    remain = sh_remain;
+                    mask |= 255ull << shift;
+                }
+                // The k keys >= the k-th, in any order; each one's rank is how many are larger.
+                for (int i = tid; i < V; i += SAMPLE_THREADS) {
+                    const unsigned long long key = topk_key(p[i], i);
+                    if (key >= prefix) cand[atomicAdd(&sh_count, 1)] = key;
+                }
+                __syncthreads();
+                for (int c = tid; c < k; c += SAMPLE_THREADS) {
+                    const unsigned long long key = cand[c];
+                    int rank = 0;
+                    for (int j = 0; j < k; j++) rank += cand[j] > key;
+                    by_rank[rank] = 0xFFFF - (int)(key & 0xFFFF);
+                    const float r = __fdiv_rn(__uint_as_float((unsigned)(key >> 16)), q[rank]);
+                    if (isnan(r)) { if (rank == 0) sh_nan0 = 1; continue; }
+                    Best cb = {r, rank, 1};
+                    if (better(cb, b)) b = cb;
+                }
+                b = block_best(b, red);
+                token = by_rank[sh_nan0 ? 0 : b.pos];
+            }
+        }
+    }
+    if (tid == 0) { tokens[o] = (unsigned)token; flags[o] = 0; next[row] = (unsigned)token + 1; }
+}
+
+#define SAMPLE_KERNEL(NAME, T)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) NAME(                                           \
+        const T* logits, int V, const float* temps, const float* topks, const float* noise, int noise_stride,     \
+        float* scratch, unsigned* tokens, unsigned* flags, int out_stride, int col, unsigned* next) {             \
+        sample_row<T>(logits, V, temps, topks, noise, noise_stride, scratch, tokens, flags, out_stride, col, next); \
+    }
+SAMPLE_KERNEL(sample_tokens_f32, float)
+SAMPLE_KERNEL(sample_tokens_bf16, __nv_bfloat16)

@@ -10,6 +10,8 @@
 //!   place (16-byte loads, several rows per warp), split over chunks of slots (flash-decoding)
 //!   and combined in a second launch; rows see only positions from their stream's start.
 //! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
+//! - `sample_tokens_{f32,bf16}`: the host sampler (`lm::sampling::sample`) on the device, one
+//!   block per row, operation for operation (see `exec::sampler`).
 //!
 //! The CPU computes the same with Candle's ops (`exec::attention`; quantise/dequantise in `exec::kv_cache`):
 //! `verify ops` compares the attention kernels with it on small cases (the `attention` group);
@@ -176,6 +178,62 @@ pub fn silu_gate(h: &Tensor) -> Result<Tensor> {
     unsafe { l.launch(launch_cfg((total.div_ceil(256), 1), 256)) }.map_err(candle_core::Error::wrap)?;
     Ok(out)
 }
+
+/// Where one sampling call's inputs and outputs are (see `exec::sampler`): per-row temperatures
+/// and top-k (f32, [B] each) and the noise ([B, noise_stride]) inside the frame's parameter
+/// buffer, and the column of the frame's token and flag buffers ([B, cols] u32 each) it fills.
+pub struct SampleCall<'a> {
+    pub params: &'a Tensor,
+    pub temps_at: usize,
+    pub topks_at: usize,
+    pub noise_at: usize,
+    pub noise_stride: usize,
+    pub tokens: &'a Tensor,
+    pub flags: &'a Tensor,
+    pub col: usize,
+}
+
+/// One token per row of `logits` [B, 1, V] or [B, V] (f32 or bf16) with the host sampler's
+/// arithmetic (kernels.cu `sample_row`), written into column `call.col` of the frame's buffers.
+/// Returns token + 1 per row as u32 [B, 1]: the next depformer step's shifted input.
+pub fn sample_tokens(logits: &Tensor, call: &SampleCall) -> Result<Tensor> {
+    let dev = cuda_dev(logits)?;
+    let v = *logits.dims().last().ok_or_else(|| EngineError::InvalidInput("sampling a scalar".into()))?;
+    let b = logits.elem_count() / v;
+    let cols = call.tokens.dim(1)?;
+    if v > 1 << 16 || call.tokens.dims() != [b, cols] || call.col >= cols {
+        return Err(EngineError::InvalidInput(format!(
+            "device sampler: logits {:?}, tokens {:?}, column {} (vocabularies up to 65536)",
+            logits.dims(),
+            call.tokens.dims(),
+            call.col
+        )));
+    }
+    let scratch = alloc::<f32>(&dev, &[b, v])?;
+    let next = alloc::<u32>(&dev, &[b, 1])?;
+    let logits = logits.contiguous()?;
+    let (lp, name) = match logits.dtype() {
+        DType::F32 => (ptr::<f32>(&logits, &dev)?, "sample_tokens_f32"),
+        DType::BF16 => (ptr::<half::bf16>(&logits, &dev)?, "sample_tokens_bf16"),
+        d => return Err(EngineError::InvalidInput(format!("device sampler: {d:?} logits"))),
+    };
+    let base = ptr::<f32>(call.params, &dev)?;
+    let at = |i: usize| base + (i * 4) as u64;
+    let (tp, kp, np) = (at(call.temps_at), at(call.topks_at), at(call.noise_at));
+    let (sp, op, fp, xp) = (ptr::<f32>(&scratch, &dev)?, ptr::<u32>(call.tokens, &dev)?, ptr::<u32>(call.flags, &dev)?, ptr::<u32>(&next, &dev)?);
+    let (vi, stride, colsi, coli) = (v as i32, call.noise_stride as i32, cols as i32, call.col as i32);
+    let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    let mut l = f.builder();
+    l.arg(&lp).arg(&vi).arg(&tp).arg(&kp).arg(&np).arg(&stride).arg(&sp).arg(&op).arg(&fp).arg(&colsi).arg(&coli).arg(&xp);
+    // SAFETY: as in `decode_attention`; the parameter offsets were laid out by `exec::sampler`
+    // for this batch (B temperatures, B top-k, B × noise_stride noise values).
+    unsafe { l.launch(launch_cfg((b as u32, 1), SAMPLE_THREADS)) }.map_err(candle_core::Error::wrap)?;
+    Ok(next)
+}
+
+/// The sampler kernel's block size and its largest top-k (kernels.cu SAMPLE_THREADS, SAMPLE_KMAX).
+const SAMPLE_THREADS: u32 = 512;
+pub const SAMPLE_KMAX: usize = 1024;
 
 /// Device memory (used, total) in bytes, as the driver reports it.
 pub fn memory(dev: &CudaDevice) -> Result<(usize, usize)> {
