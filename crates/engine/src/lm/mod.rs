@@ -7,11 +7,13 @@ pub mod delays;
 pub mod depformer;
 pub mod generate;
 pub mod model;
+pub mod prompt;
 pub mod random;
 pub mod sampling;
 pub mod temporal;
 
-pub use config::LmConfig;
+pub use config::{LmConfig, PersonaPlexConfig};
 pub use generate::{GenConfig, LmGenState, StepOut};
+pub use prompt::{LmPrompt, VoiceEmbeddings, VoicePrompt};
 pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};
 pub use sampling::{Noise, ReplayNoise, SamplingConfig, SeededNoise};

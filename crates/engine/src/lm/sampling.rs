@@ -94,6 +94,15 @@ impl Noise for SeededNoise {
     }
 }
 
+/// No noise at all: for greedy sampling, which draws none (a draw is an error).
+pub struct NoNoise;
+
+impl Noise for NoNoise {
+    fn fill(&mut self, _rows: usize, _k: usize, _out: &mut Vec<f32>) -> Result<()> {
+        Err(EngineError::InvalidInput("a sampling call without a noise source drew noise".into()))
+    }
+}
+
 /// Recorded noise, replayed in the order it was recorded, each block checked for its size.
 #[derive(Default)]
 pub struct ReplayNoise {
