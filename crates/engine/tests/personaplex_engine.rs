@@ -96,15 +96,15 @@ fn chosen(o: &StepOut) -> Vec<i64> {
 
 /// Compare every step of `ours` with the reference's calls (`run` prefix, calls 1..): inputs,
 /// the tokens chosen, text logits, the detail calls' floats, and the returned tokens of the
-/// conversation calls. `calls`: how many reference calls to compare.
-fn compare_run(rep: &mut Report, moshi: &Moshi, fx: &Fixture, run: &str, ours: &[StepOut], calls: usize) {
+/// conversation calls. `calls`: the reference calls to compare (from 1).
+fn compare_run(rep: &mut Report, moshi: &Moshi, fx: &Fixture, run: &str, ours: &[StepOut], calls: std::ops::Range<usize>) {
     let model_input = rows(fx, &format!("{run}.model_input"));
     let written = rows(fx, &format!("{run}.written"));
     let embedding_input = rows(fx, &format!("{run}.embedding_input"));
     let out_tokens = rows(fx, &format!("{run}.out_tokens"));
     let (mut inputs, mut ref_inputs, mut picks, mut ref_picks, mut outs, mut ref_outs) = Default::default();
     let flat_push = |v: &mut Vec<i64>, x: &[i64]| v.extend_from_slice(x);
-    for c in 1..calls {
+    for c in calls.clone() {
         let o = &ours[c - 1];
         if embedding_input[c][0] == 0 {
             flat_push(&mut inputs, &o.input);
@@ -122,12 +122,13 @@ fn compare_run(rep: &mut Report, moshi: &Moshi, fx: &Fixture, run: &str, ours: &
     rep.codes(&format!("{run}: tokens chosen for each target (forced or sampled)"), &v(picks), &v(ref_picks));
     rep.codes(&format!("{run}: returned tokens of the conversation calls"), &v(outs), &v(ref_outs));
     if let Some(logits) = fx.tensors.get(&format!("{run}.text_logits")) {
-        let ours_l: Vec<Tensor> = ours[..calls - 1].iter().map(|o| flat(&o.text_logits)).collect();
-        rep.float_rel(&format!("{run}: text logits, calls 1..{calls}"), &Tensor::stack(&ours_l, 0).unwrap(), &logits.narrow(0, 1, calls - 1).unwrap(), F32_REL_TOL);
+        let ours_l: Vec<Tensor> = calls.clone().map(|c| flat(&ours[c - 1].text_logits)).collect();
+        let want = logits.narrow(0, calls.start, calls.len()).unwrap();
+        rep.float_rel(&format!("{run}: text logits, calls {calls:?}"), &Tensor::stack(&ours_l, 0).unwrap(), &want, F32_REL_TOL);
     }
     let Some(detail) = fx.tensors.get(&format!("{run}.detail_calls")) else { return };
     let detail: Vec<i64> = detail.to_vec1().unwrap();
-    for (i, &c) in detail.iter().enumerate() {
+    for (i, &c) in detail.iter().enumerate().filter(|(_, &c)| calls.contains(&(c as usize))) {
         let o = &ours[c as usize - 1];
         let dl: Vec<Tensor> = o.depformer_logits.iter().take(8).map(flat).collect();
         let ref_dl = fx.get(&format!("{run}.depformer_logits")).get(i).unwrap().narrow(0, 0, 8).unwrap();
@@ -165,7 +166,7 @@ fn greedy_preset_voice_run_matches_the_reference_call_by_call() {
     assert!(ours[..P - 1].iter().all(|o| !o.ready[0]) && ours[P - 1..].iter().all(|o| o.ready[0]));
     assert!(ours[P - 1].prompt_done[0]);
     let mut rep = Report::default();
-    compare_run(&mut rep, &moshi, &fx, "greedy", &ours, 101);
+    compare_run(&mut rep, &moshi, &fx, "greedy", &ours, 1..101);
     rep.finish("PersonaPlex tiny, greedy, preset voice: every call");
 }
 
@@ -219,7 +220,7 @@ fn sampled_run_with_the_references_noise_gives_its_tokens() {
     let user = user_frames(&fx, "sampled");
     let ours = run_lm(&moshi, &p, &user[..USER_FRAMES - 1], gen, Some(noise), false);
     let mut rep = Report::default();
-    compare_run(&mut rep, &moshi, &fx, "sampled", &ours, 101);
+    compare_run(&mut rep, &moshi, &fx, "sampled", &ours, 1..101);
     rep.finish("PersonaPlex tiny, sampled (replayed noise), preset voice");
 }
 
@@ -240,9 +241,9 @@ fn wav_voice_is_normalized_encoded_and_fed_as_the_reference() {
     rep.codes("voice codes (−24 LUFS, Mimi)", &ours, fx.get("wav.voice_codes"));
     let user = user_frames(&fx, "greedy");
     let steps = run_lm(&moshi, &p, &user[..USER_FRAMES - 1], GenConfig::greedy(), None, false);
-    compare_run(&mut rep, &moshi, &fx, "wav", &steps, 27);
+    compare_run(&mut rep, &moshi, &fx, "wav", &steps, 1..27);
     // From the first silence on, the wav run equals the preset run (the fixture's check).
-    compare_run(&mut rep, &moshi, &fx, "greedy", &steps, 101);
+    compare_run(&mut rep, &moshi, &fx, "greedy", &steps, 27..101);
     rep.finish("PersonaPlex tiny, wav voice");
 }
 
@@ -277,7 +278,7 @@ fn eight_depformer_steps_give_the_tokens_of_sixteen() {
             for i in 0..P + user.len() {
                 let u = if i < P { vec![0; 8] } else { user[i - P].clone() };
                 let o = moshi.lm.step(&mut st, &u).unwrap();
-                out.push((o.tokens, chosen(&o), o.depformer_logits.len()));
+                out.push((o.tokens.clone(), chosen(&o), o.depformer_logits.len()));
             }
             out
         };
