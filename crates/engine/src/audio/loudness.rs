@@ -7,12 +7,16 @@
 //! +4 dB, Q 1/√2, 1500 Hz; high pass Q 0.5, 38 Hz), run in f64 with each stage's output stored back
 //! into the f32 array (`scipy.signal.lfilter` into a float32 copy); 400 ms blocks with 75 % overlap,
 //! the mean square of each block summed by numpy in f32 (pairwise), an absolute gate at −70 LUFS
-//! and a relative one 10 LU below the gated mean. Why not a crate: the maintained EBU R128 crate
-//! (`ebur128`, a port of libebur128) designs its K-weighting filter differently (from the analog
-//! prototype's poles and zeros, as libebur128 does), which puts its reading of the fixture's voice
-//! (golden/personaplex_tiny/voice.wav) off pyloudnorm's by the amount measured in
-//! tests/personaplex_engine.rs's loudness test note; this module matches pyloudnorm's −19.954996328540712
-//! LUFS to 1e-9 dB there.
+//! and a relative one 10 LU below the gated mean.
+//!
+//! Why not a crate: the maintained EBU R128 crate, `ebur128` 0.1.11 (a port of libebur128), designs
+//! its K-weighting as libebur128 does (BS.1770's shelf at 1681.97 Hz and high pass at 38.14 Hz,
+//! bilinear-transformed for the rate), not as pyloudnorm's cookbook biquads (1500 Hz, 38 Hz). Measured on the fixture's voice (golden/personaplex_tiny/
+//! voice.wav, 24 kHz; a scratch program outside the repository): `ebur128` reads −19.8723 LUFS
+//! where pyloudnorm reads −19.9550, 0.083 dB apart, so its −24 LUFS gain is 0.95 % off and
+//! samples move by up to 5.2e-3, far more than the 1.1e-3 relative margin of the fixture's
+//! nearest Mimi codebook decision (golden/README.md). This module reads −19.954996324 (4.7e-9 dB
+//! from pyloudnorm; tests/personaplex_engine.rs) and gives the reference's voice codes exactly.
 
 /// A biquad's coefficients, normalized by a0: (b0, b1, b2, a1, a2).
 type Biquad = [f64; 5];
