@@ -212,8 +212,8 @@ fn sampled_run_with_the_references_noise_gives_its_tokens() {
     let mut noise = ReplayNoise::new();
     for j in 0..USER_FRAMES {
         noise.push(text_noise[j].clone());
-        for k in 0..if j == 0 { 1 } else { 8 } {
-            noise.push(audio_noise[j][k].clone());
+        for block in &audio_noise[j][..if j == 0 { 1 } else { 8 }] {
+            noise.push(block.clone());
         }
     }
     let gen = GenConfig { text: SamplingConfig::sampled(0.7, 25), audio: SamplingConfig::sampled(0.8, 40) };
@@ -262,6 +262,9 @@ fn an_empty_text_prompt_runs_both_silences_back_to_back() {
     assert_eq!(got, want, "returned tokens of the empty-prompt run");
 }
 
+/// A step's returned tokens and the tokens it chose.
+type Step = (Option<Vec<i64>>, Vec<i64>);
+
 #[test]
 fn eight_depformer_steps_give_the_tokens_of_sixteen() {
     let moshi = moshi();
@@ -278,14 +281,14 @@ fn eight_depformer_steps_give_the_tokens_of_sixteen() {
             for i in 0..P + user.len() {
                 let u = if i < P { vec![0; 8] } else { user[i - P].clone() };
                 let o = moshi.lm.step(&mut st, &u).unwrap();
-                out.push((o.tokens.clone(), chosen(&o), o.depformer_logits.len()));
+                out.push(((o.tokens.clone(), chosen(&o)), o.depformer_logits.len()));
             }
             out
         };
         let (eight, sixteen) = (run(false), run(true));
-        assert!(eight.iter().all(|o| o.2 == 8) && sixteen.iter().all(|o| o.2 == 16));
-        let strip = |v: &[(Option<Vec<i64>>, Vec<i64>, usize)]| v.iter().map(|o| (o.0.clone(), o.1.clone())).collect::<Vec<_>>();
-        assert_eq!(strip(&eight), strip(&sixteen), "8 and 16 depformer steps differ ({gen:?})");
+        assert!(eight.iter().all(|o| o.1 == 8) && sixteen.iter().all(|o| o.1 == 16));
+        let strip = |v: Vec<(Step, usize)>| v.into_iter().map(|o| o.0).collect::<Vec<_>>();
+        assert_eq!(strip(eight), strip(sixteen), "8 and 16 depformer steps differ ({gen:?})");
     }
 }
 
@@ -391,4 +394,55 @@ fn bad_prompts_get_clear_errors() {
     moshi.lm.step(&mut st, &[0; 8]).unwrap();
     let e = moshi.lm.start_prompt(&mut st, 0, &lm_prompt).unwrap_err().to_string();
     assert!(e.contains("reset the row"), "{e}");
+}
+
+/// A PersonaPlex 7B-shaped checkpoint as a sparse file (header only; 16 GB of zeros unwritten).
+fn sparse_7b(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (n, shape) in LmConfig::personaplex_7b().pytorch_layout_tensors() {
+        let bytes = 2 * shape.iter().product::<usize>();
+        header.insert(n, serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let json = serde_json::to_vec(&header).unwrap();
+    let path = dir.join("model.safetensors");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(&json).unwrap();
+    f.set_len(8 + json.len() as u64 + offset as u64).unwrap();
+    path
+}
+
+#[test]
+fn a_personaplex_checkpoint_is_recognised_without_a_personaplex_config() {
+    // NVIDIA's repository: the released file names; its config.json is never read by the fork
+    // (content unknown here): without one, or with one that is not an LM config, the 16-step
+    // depformer says PersonaPlex.
+    let d = common::temp_path("pp7b");
+    std::fs::create_dir_all(&d).unwrap();
+    sparse_7b(&d);
+    for f in [moshi_engine::model_files::RELEASED_MIMI, moshi_engine::model_files::RELEASED_TOKENIZER] {
+        std::fs::write(d.join(f), b"x").unwrap();
+    }
+    assert_eq!(MoshiFiles::from_dir(&d).unwrap().lm_config, LmConfig::personaplex_7b());
+    std::fs::write(d.join("config.json"), r#"{"model_type": "personaplex"}"#).unwrap();
+    assert_eq!(MoshiFiles::from_dir(&d).unwrap().lm_config, LmConfig::personaplex_7b());
+    // Kyutai's 7B config (dep_q 8) with this checkpoint: PersonaPlex too.
+    let kyutai = serde_json::to_string(&LmConfig::default()).unwrap();
+    std::fs::write(d.join("config.json"), kyutai).unwrap();
+    assert_eq!(MoshiFiles::from_dir(&d).unwrap().lm_config, LmConfig::personaplex_7b());
+    // The tiny one without its `personaplex` object: its codes are not the real Mimi's, said so.
+    let t = common::temp_path("pp-tiny");
+    std::fs::create_dir_all(&t).unwrap();
+    for f in ["model.safetensors", "mimi.safetensors", "mimi_config.json", "tokenizer.model"] {
+        std::fs::copy(dir().join(f), t.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("personaplex");
+    cfg["dep_q"] = 8.into();
+    std::fs::write(t.join("config.json"), cfg.to_string()).unwrap();
+    let e = MoshiFiles::from_dir(&t).unwrap_err().to_string();
+    assert!(e.contains("personaplex"), "{e}");
 }

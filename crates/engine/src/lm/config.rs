@@ -222,7 +222,7 @@ impl LmConfig {
                 return err(format!("{what} \"{v}\" is not supported (rope or none)"));
             }
         }
-        if self.dim % self.num_heads != 0 || self.depformer_dim % self.depformer_num_heads != 0 {
+        if !self.dim.is_multiple_of(self.num_heads) || !self.depformer_dim.is_multiple_of(self.depformer_num_heads) {
             return err("dim must be a multiple of num_heads (and depformer_dim of depformer_num_heads)".into());
         }
         if self.context == 0 {
