@@ -189,7 +189,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // The prompt's frames (audio in ignored); the last gives the prompt's last frame (PAD,
         // silence), which the reference's offline wav starts with.
         moshi.start_prompt(&mut conv, 0, p)?;
-        let (tp, mut prompt_frames) = (Instant::now(), 0usize);
+        let tp = Instant::now();
+        // Every prompt frame but the last in one forward (they sample nothing).
+        let prefilled = moshi.prefill_prompt(&mut conv).context("prefilling the prompt")?;
+        let mut prompt_frames = prefilled;
         while conv.prompting(0) {
             let step = moshi.step(&mut conv, &vec![0f32; n]).with_context(|| format!("prompt frame {prompt_frames}"))?;
             prompt_frames += 1;
@@ -204,6 +207,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             "text_tokens": p.text.len(),
             "frames": prompt_frames,
+            "prefilled_frames": prefilled,
             "seconds": round3(tp.elapsed().as_secs_f64()),
         }));
     }

@@ -223,6 +223,15 @@ impl Moshi {
         Ok(())
     }
 
+    /// Prefill the prompt (`LmModel::prefill_prompts`): every prompt frame but the last in one
+    /// temporal forward, when every row is at the same point of a prompt. Returns the frames
+    /// done; the next `step` is the prompt's last frame.
+    pub fn prefill_prompt(&self, conv: &mut Conversation) -> Result<usize> {
+        let n = self.lm.prefill_prompts(&mut conv.lm)?;
+        conv.frames += n;
+        Ok(n)
+    }
+
     /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).
     pub fn step(&self, conv: &mut Conversation, pcm: &[f32]) -> Result<FrameOut> {
         let (n, b) = (self.frame_size(), conv.batch);

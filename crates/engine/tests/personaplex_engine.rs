@@ -446,3 +446,35 @@ fn a_personaplex_checkpoint_is_recognised_without_a_personaplex_config() {
     let e = MoshiFiles::from_dir(&t).unwrap_err().to_string();
     assert!(e.contains("personaplex"), "{e}");
 }
+
+#[test]
+fn prefilling_the_prompt_equals_stepping_it() {
+    let moshi = moshi();
+    let fx = fixture();
+    let user = user_frames(&fx, "greedy");
+    let out_tokens = rows(&fx, "greedy.out_tokens");
+    let sampled = GenConfig { text: SamplingConfig::sampled(0.7, 25), audio: SamplingConfig::sampled(0.8, 40) };
+    for (voice, gen) in [("voice.pt", GenConfig::greedy()), ("voice.wav", GenConfig::greedy()), ("voice.pt", sampled)] {
+        let p = prompt(&moshi, TEXT, voice);
+        let stepped = run_lm(&moshi, &p, &user[..USER_FRAMES - 1], gen, None, false);
+        let mut st = moshi.lm.new_state(1, gen, 0, &RunOptions::default()).unwrap();
+        moshi.lm.start_prompt(&mut st, 0, &p).unwrap();
+        assert_eq!(moshi.lm.prefill_prompts(&mut st).unwrap(), P - 1);
+        assert_eq!(moshi.lm.prefill_prompts(&mut st).unwrap(), 0, "only the last prompt frame is left");
+        let mut pre = vec![moshi.lm.step(&mut st, &[0; 8]).unwrap()];
+        assert!(pre[0].prompt_done[0] && !st.prompting(0));
+        pre.extend(user[..USER_FRAMES - 1].iter().map(|u| moshi.lm.step(&mut st, u).unwrap()));
+        let mut rep = Report::default();
+        let (a, b) = (&pre[..], &stepped[P - 1..]);
+        let toks = |v: &[StepOut]| Tensor::from_vec(v.iter().flat_map(|o| o.tokens.clone().unwrap()).collect::<Vec<_>>(), v.len() * 9, &Device::Cpu).unwrap();
+        rep.codes("returned tokens, prefilled vs stepped", &toks(a), &toks(b));
+        let logits = |v: &[StepOut]| Tensor::stack(&v.iter().map(|o| flat(&o.text_logits)).collect::<Vec<_>>(), 0).unwrap();
+        rep.float_rel("text logits after the prefill, vs stepped", &logits(a), &logits(b), F32_REL_TOL);
+        if gen == GenConfig::greedy() {
+            let want: Vec<i64> = (P..101).flat_map(|c| out_tokens[c][..9].to_vec()).collect();
+            // Our step P − 1 + j is the reference's call P + j.
+            rep.codes("returned tokens vs the reference", &toks(a), &Tensor::from_vec(want, USER_FRAMES * 9, &Device::Cpu).unwrap());
+        }
+        rep.finish(&format!("prefill, {voice}, {gen:?}"));
+    }
+}

@@ -98,6 +98,10 @@ impl LmGenState {
         &self.tokens
     }
 
+    pub(super) fn temporal_mut(&mut self) -> &mut TransformerState {
+        &mut self.temporal
+    }
+
     /// Steps taken by row `row` since its start.
     pub fn row_step(&self, row: usize) -> usize {
         self.tokens.row_step(row)
@@ -323,14 +327,8 @@ impl LmModel {
         let input = st.tokens.input(user)?;
         let device = self.temporal_device();
         let t_out = if prompt.embeddings.iter().any(|e| e.is_some()) {
-            let x = self.temporal().embed_host(&input, b)?;
-            let rows = (0..b)
-                .map(|r| match &prompt.embeddings[r] {
-                    Some(e) => Ok(e.to_dtype(x.dtype())?),
-                    None => Ok(x.narrow(0, r, 1)?),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.temporal().step_embedded(&Tensor::cat(&rows, 0)?, &mut st.temporal, &mut |_, _| Ok(()))?
+            let x = self.input_embedding(&input, &prompt, b)?;
+            self.temporal().step_embedded(&x, &mut st.temporal, &mut |_, _| Ok(()))?
         } else {
             self.temporal().step_host(&input, b, &mut st.temporal, &mut |_, _| Ok(()))?
         };
@@ -391,6 +389,22 @@ impl LmModel {
         let depformer_ms = t1.elapsed().as_secs_f64() * 1e3;
         let times = (temporal_ms, depformer_ms);
         Self::finish_step(st, input, sampled, t_out, depformer_logits, times, prompt)
+    }
+
+    /// The temporal input [B, 1, dim] of a step: the tokens' summed embeddings, or for rows given
+    /// an input embedding by their prompt, that embedding.
+    pub(super) fn input_embedding(&self, input: &[i64], prompt: &PromptStep, b: usize) -> Result<Tensor> {
+        let x = self.temporal().embed_host(input, b)?;
+        if prompt.embeddings.iter().all(|e| e.is_none()) {
+            return Ok(x);
+        }
+        let rows = (0..b)
+            .map(|r| match &prompt.embeddings[r] {
+                Some(e) => Ok(e.to_dtype(x.dtype())?),
+                None => Ok(x.narrow(0, r, 1)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
     }
 
     /// The sampling half of `step` with the device sampler (`exec::sampler`): the frame's noise

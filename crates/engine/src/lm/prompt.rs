@@ -221,6 +221,50 @@ impl LmModel {
         Ok(())
     }
 
+    /// Prefill: run the prompt steps that sample nothing (every one but each prompt's last) in one
+    /// temporal forward over all their positions instead of one forward per step, when every row
+    /// of `st` is at the same point of a prompt (a fresh conversation: `run`; rows joining a
+    /// running batch step their prompt with the others). The delay ring is kept step by step as
+    /// `step` keeps it; the depformer, whose tokens would all be discarded, is not run. Returns
+    /// the steps done (0 when the rows are not all at one point of a prompt); the next `step`
+    /// continues with the prompt's last frame, whose sampled tokens are the conversation's first.
+    /// Equal to stepping: tests/personaplex_engine.rs.
+    pub fn prefill_prompts(&self, st: &mut LmGenState) -> Result<usize> {
+        let (b, cfg) = (st.batch(), self.config());
+        let s0 = st.tokens().row_step(0);
+        let mut left = usize::MAX;
+        for r in 0..b {
+            match &st.prompts[r] {
+                Some(run) if st.tokens().row_step(r) == s0 => left = left.min(run.frames.len() - s0),
+                _ => return Ok(0),
+            }
+        }
+        let n = left.saturating_sub(1);
+        if n == 0 {
+            return Ok(0);
+        }
+        let user = vec![0i64; b * cfg.user_streams()];
+        let placeholder = vec![0i64; b * (1 + cfg.agent_streams())];
+        let mut xs = Vec::with_capacity(n);
+        for i in 0..n {
+            let prompt = self.apply_prompts(st)?;
+            let input = st.tokens_mut().input(&user)?;
+            for r in 0..b {
+                if let Some(k) = (0..=cfg.agent_streams()).find(|&k| st.tokens().forced_target(r, k).is_none()) {
+                    return Err(EngineError::Streaming(format!(
+                        "prefill: prompt step {} of row {r} would sample stream {k} (these delays need stepping)",
+                        s0 + i
+                    )));
+                }
+            }
+            xs.push(self.input_embedding(&input, &prompt, b)?);
+            st.tokens_mut().record(&placeholder)?; // every target is forced: nothing is written
+        }
+        let x = Tensor::cat(&xs, 1)?;
+        self.temporal().step_embedded(&x, st.temporal_mut(), &mut |_, _| Ok(()))?;
+        Ok(n)
+    }
+
     /// Force this step's prompt frames into the delay ring of every row being prompted (and the
     /// next frame's undelayed streams, so that the step's target is forced as the reference's
     /// is) and say which rows read an input embedding.
