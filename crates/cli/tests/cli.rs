@@ -298,6 +298,7 @@ fn run_with_a_persona_and_a_voice_gives_the_personaplex_reference_wav() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&out_json);
     assert_eq!((s["prompt"]["frames"].as_u64(), s["prompt"]["text_tokens"].as_u64()), (Some(77), Some(38)));
+    assert_eq!(s["prompt"]["prefilled_frames"].as_u64(), Some(76), "all but the last prompt frame in one forward");
     // The fork's offline wav: its 24 decoded frames trimmed to the input's 44544 samples.
     let want = safetensors_f32(&dir.join("io.safetensors"), "greedy.decoded_pcm");
     let got = wav_samples(&out_wav);

@@ -357,6 +357,8 @@ fn the_7b_personaplex_checkpoint_has_475_tensors_as_the_fork_builds_it() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!((cfg.agent_streams(), cfg.user_streams(), cfg.dep_q), (8, 8, 16));
+    // A step reads the weights of 8 depformer steps: as many as moshiko's.
+    assert_eq!(cfg.streamed_params(), LmConfig::default().streamed_params());
     // A checkpoint with moshiko's 8-step depformer is refused, naming the tensor and both shapes.
     let moshiko = common::names_file("moshi7b_checkpoint_names.txt");
     let e = moshi_engine::lm::check_checkpoint(&cfg, &moshiko).unwrap_err().to_string();

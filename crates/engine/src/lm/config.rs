@@ -290,11 +290,22 @@ impl LmConfig {
     /// Parameters a streaming step reads in full: every weight except the embedding tables (a
     /// step gathers a few of their rows). Times the dtype's size over a step's time, this is the
     /// achieved weight bandwidth.
+    /// Only the depformer steps a step runs count (PersonaPlex: 8 of 16).
     pub fn streamed_params(&self) -> usize {
+        let (run, steps) = (self.agent_streams(), self.dep_q);
+        let step_of = |n: &str| -> Option<usize> {
+            let rest = ["depformer_in.", "linears."].iter().find_map(|p| n.strip_prefix(p)).or_else(|| n.split(".gating.").nth(1))?;
+            rest.split('.').next()?.parse().ok()
+        };
         self.pytorch_layout_tensors()
             .iter()
             .filter(|(n, _)| !n.contains("emb"))
-            .map(|(_, s)| s.iter().product::<usize>())
+            .filter(|(n, _)| step_of(n).is_none_or(|k| k < run))
+            .map(|(n, s)| {
+                let all = s.iter().product::<usize>();
+                // The stacked per-step attention weights: only the steps run are read.
+                if n.starts_with("depformer.layers.") && n.contains("self_attn") { all / steps * run } else { all }
+            })
             .sum()
     }
 
