@@ -52,7 +52,8 @@ pub enum LmCommand {
         /// safetensors file(s) of the LM.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// An LM config JSON (Kyutai's field names); the 7B's when absent.
+        /// An LM config JSON (Kyutai's field names); the 7B's when absent (PersonaPlex 7B's for a
+        /// checkpoint with a 16-step depformer).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -65,14 +66,19 @@ fn median(v: &[f64]) -> f64 {
 pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
     match cmd {
         LmCommand::Check { files, config } => {
-            let cfg = match config {
-                Some(p) => LmConfig::from_json_file(&p)?,
-                None => LmConfig::default(),
-            };
             let mut header = Vec::new();
             for f in &files {
                 header.extend(moshi_engine::weights::read_header(f)?.into_iter().map(|(n, s, _)| (n, s)));
             }
+            // Without a config: Moshi 7B's, or PersonaPlex 7B's for a 16-step depformer.
+            let cfg = match config {
+                Some(p) => LmConfig::from_json_file(&p)?,
+                None if header.iter().any(|(n, _)| n == "linears.15.weight") => {
+                    println!("a 16-step depformer: checking against PersonaPlex 7B");
+                    LmConfig::personaplex_7b()
+                }
+                None => LmConfig::default(),
+            };
             let (layout, unused) = check_checkpoint(&cfg, &header)?;
             println!("{layout:?} layout: all {} tensors present with the expected shapes", layout.tensors(&cfg).len());
             if !unused.is_empty() {

@@ -76,7 +76,7 @@ enum Base {
     Tiny,
     /// Temporal layers; PersonaPlex's architecture.
     Random(usize, bool),
-    Files(MoshiFiles, String),
+    Files(Box<MoshiFiles>, String),
     /// Nothing: the file flags must name every file.
     None,
 }
@@ -145,14 +145,14 @@ impl MoshiSource {
             Some("tiny") => Base::Tiny,
             Some(m) if m.starts_with("random-personaplex") => Base::Random(random_personaplex_layers(m, 32).expect("the prefix")?, true),
             Some(m) if m.starts_with("random") => Base::Random(random_layers(m, 32).expect("starts with `random`")?, false),
-            Some(m) if PathBuf::from(m).is_dir() => Base::Files(MoshiFiles::from_dir(&PathBuf::from(m))?, format!("folder {m}")),
+            Some(m) if PathBuf::from(m).is_dir() => Base::Files(Box::new(MoshiFiles::from_dir(&PathBuf::from(m))?), format!("folder {m}")),
             Some(m) => {
                 let r = hub::resolve(m, Need::Moshi)?;
-                Base::Files(MoshiFiles::from_dir(&r.dir)?, format!("{m} (Hugging Face)"))
+                Base::Files(Box::new(MoshiFiles::from_dir(&r.dir)?), format!("{m} (Hugging Face)"))
             }
             None if all_files => Base::None,
             None => match hub::cached(DEFAULT_REPO, Need::Moshi) {
-                Some(r) => Base::Files(MoshiFiles::from_dir(&r.dir)?, format!("{DEFAULT_REPO} (cached)")),
+                Some(r) => Base::Files(Box::new(MoshiFiles::from_dir(&r.dir)?), format!("{DEFAULT_REPO} (cached)")),
                 None if self.overrides_any() => bail!(
                     "{DEFAULT_REPO} is not in the local cache: with no --model, --lm-weights, --mimi-weights and --tokenizer must all be given"
                 ),
@@ -178,7 +178,7 @@ impl MoshiSource {
                 let what = if personaplex { " PersonaPlex" } else { "" };
                 return Ok(Loaded { moshi, identity: format!("random full-size{what} ({layers} temporal layers), made on the device") });
             }
-            Base::Files(files, identity) => (files, identity),
+            Base::Files(files, identity) => (*files, identity),
             Base::None => {
                 let lm = self.lm_weights.clone().expect("all files given");
                 let mimi = self.mimi_weights.clone().expect("all files given");

@@ -251,7 +251,7 @@ impl Moshi {
         let encode_ms = ms(t);
 
         let t = Instant::now();
-        if conv.frames == 0 && conv.repeat_first_frame {
+        if conv.frames == 0 && conv.repeat_first_frame && !(0..b).any(|r| conv.lm.prompting(r)) {
             // The reference discards what this first call returns.
             self.lm.step(&mut conv.lm, &user_codes)?;
         }

@@ -151,6 +151,12 @@ fn the_prompt_text_encodes_as_the_reference() {
     let wrapped = moshi_engine::persona::wrap_with_system_tags(TEXT);
     assert_eq!(wrapped, m["text_prompt"]["wrapped"].as_str().unwrap());
     assert_eq!(moshi.tokenizer.encode(&wrapped).unwrap(), want);
+    assert_eq!(moshi.tokenizer.decode(&want), wrapped, "encoding is decoding's inverse here");
+    // Extra spaces are removed as SentencePiece removes them; a character no piece spells is one
+    // <unk> (id 0) per run.
+    assert_eq!(moshi.tokenizer.encode("  You   are  ").unwrap(), moshi.tokenizer.encode("You are").unwrap());
+    assert_eq!(moshi.tokenizer.encode("").unwrap(), Vec::<u32>::new());
+    assert_eq!(moshi.tokenizer.encode("ZZ").unwrap(), vec![4, 0], "`▁`, then one <unk> for the run of Z");
     assert_eq!(moshi_engine::persona::wrap_with_system_tags(" <system> x <system> "), "<system> x <system>");
 }
 
