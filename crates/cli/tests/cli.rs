@@ -164,7 +164,7 @@ fn verify_golden_passes_and_names_the_first_broken_stage() {
     let out = run(&["verify", "golden", "--golden", golden.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("all 42 checks passed"), "{table}");
+    assert!(table.contains("all 50 checks passed"), "{table}");
 
     let broken = tmp("golden_broken");
     copy_dir(&golden, &broken);

@@ -1,5 +1,5 @@
 //! `verify golden`: every committed reference trace (golden/, made by tools/golden/ with the PyPI
-//! `moshi` package) recomputed on the CPU in f32 and compared stage by stage. Tolerances as in
+//! `moshi` package, and golden/personaplex_tiny with NVIDIA's fork: `golden_personaplex`) recomputed on the CPU in f32 and compared stage by stage. Tolerances as in
 //! docs/parity.md: Mimi floats 2e-6 absolute (stages peak at 0.07–0.45), LM floats 4e-6 × the
 //! tensor's peak (they peak at 4–12), codes and tokens exact.
 
@@ -41,6 +41,7 @@ pub fn run(dir: &Path) -> Result<Vec<Check>> {
     mimi(dir, "mimi_tiny/ctx5/config.json", "mimi_tiny/ctx5/io.safetensors", "mimi ctx5", &mut checks)?;
     lm(dir, &mut checks)?;
     pipeline(dir, &mut checks)?;
+    super::golden_personaplex::run(dir, &mut checks)?;
     Ok(checks)
 }
 

@@ -7,6 +7,7 @@
 //! names the op, stage or layer where things go wrong.
 
 pub mod golden;
+mod golden_personaplex;
 pub mod model;
 pub mod ops;
 
