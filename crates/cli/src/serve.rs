@@ -48,9 +48,16 @@ pub struct ServeArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub runtime: crate::model::RuntimeArgs,
+    /// PersonaPlex: the folder of preset voices (`NATF0.pt` …) that clients name with the
+    /// `voice_prompt` query parameter (with `text_prompt`, their persona).
+    #[arg(long)]
+    pub voice_prompt_dir: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(d) = &args.voice_prompt_dir {
+        anyhow::ensure!(d.is_dir(), "--voice-prompt-dir {}: not a folder", d.display());
+    }
     let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let loaded = args.source.load(dtype, &device)?;
     eprintln!("model: {}", loaded.identity);
@@ -67,6 +74,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         defaults,
         options: args.runtime.kv_cache.run_options(),
         model_name: loaded.identity.clone(),
+        voice_prompt_dir: args.voice_prompt_dir,
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

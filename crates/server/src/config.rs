@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub model_name: String,
     /// A send to a client that takes longer than this closes the connection.
     pub send_timeout_s: f64,
+    /// PersonaPlex: where the `voice_prompt` query parameter's presets are (`NATF0.pt` …).
+    pub voice_prompt_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             options: RunOptions::default(),
             model_name: "unnamed".into(),
             send_timeout_s: 10.0,
+            voice_prompt_dir: None,
         }
     }
 }
@@ -74,6 +77,55 @@ pub struct SessionParams {
     /// Parameters accepted for compatibility with Kyutai's clients but not implemented (their
     /// neutral values are not listed).
     pub ignored: Vec<String>,
+    /// PersonaPlex's persona and voice (`text_prompt`, `voice_prompt`), when asked for.
+    pub prompt: Option<PromptRequest>,
+}
+
+/// A conversation's PersonaPlex prompt as its client asked for it (the names of NVIDIA's server:
+/// `text_prompt`, and `voice_prompt`, a preset's file name in the server's `--voice-prompt-dir`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRequest {
+    pub text: String,
+    /// The preset found in the voices folder.
+    pub voice: Option<PathBuf>,
+}
+
+impl PromptRequest {
+    /// From the query: None when neither parameter is there. A voice is a preset's name (`NATF0`
+    /// or `NATF0.pt`) in `voice_dir`, never a path (nothing outside the folder can be named);
+    /// recordings are not taken by the server (their Mimi encoding would hold up the batch).
+    pub fn from_query(q: &HashMap<String, String>, voice_dir: Option<&std::path::Path>) -> Result<Option<Self>, String> {
+        let text = q.get("text_prompt").cloned();
+        let voice = q.get("voice_prompt").map(|v| v.trim()).filter(|v| !v.is_empty());
+        if text.is_none() && voice.is_none() {
+            return Ok(None);
+        }
+        let voice = match voice {
+            None => None,
+            Some(v) => {
+                if v.contains(['/', '\\']) || v.starts_with('.') {
+                    return Err(format!("query parameter voice_prompt={v:?}: a voice's file name (e.g. NATF0.pt), not a path"));
+                }
+                let dir = voice_dir.ok_or_else(|| format!("voice_prompt={v:?}: this server has no voices (start it with --voice-prompt-dir)"))?;
+                let path = moshi_engine::persona::resolve_voice(v, Some(dir)).map_err(|e| e.to_string())?;
+                if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pt")) {
+                    return Err(format!("voice_prompt={v:?}: the server takes preset voices (.pt) only"));
+                }
+                Some(path)
+            }
+        };
+        Ok(Some(Self { text: text.unwrap_or_default(), voice }))
+    }
+
+    /// The engine's form.
+    pub fn spec(&self) -> moshi_engine::persona::PromptSpec {
+        use moshi_engine::persona::{PromptSpec, VoiceSource};
+        let voice = match &self.voice {
+            Some(p) => VoiceSource::File(p.clone()),
+            None => VoiceSource::None,
+        };
+        PromptSpec { text: self.text.clone(), voice }
+    }
 }
 
 fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
@@ -142,7 +194,7 @@ impl SessionParams {
         if let Some(v) = get("repetition_penalty_context") {
             parse::<usize>("repetition_penalty_context", v)?;
         }
-        Ok(Self { gen: GenConfig { text, audio }, seed, ignored })
+        Ok(Self { gen: GenConfig { text, audio }, seed, ignored, prompt: None })
     }
 }
 
@@ -210,5 +262,21 @@ mod tests {
         assert_eq!(p.gen.audio.top_k, 64, "clamped to the vocabulary");
         let p = SessionParams::from_query(&q(&[("pad_mult", "1.5")]), &d, 32000, 2048, 0).unwrap();
         assert_eq!(p.ignored, vec!["pad_mult"]);
+    }
+
+    #[test]
+    fn prompts_name_a_preset_in_the_voices_folder() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/personaplex_tiny");
+        assert_eq!(PromptRequest::from_query(&q(&[("text_seed", "1")]), Some(&dir)).unwrap(), None);
+        let p = PromptRequest::from_query(&q(&[("text_prompt", "You are Ada."), ("voice_prompt", "voice.pt")]), Some(&dir)).unwrap().unwrap();
+        assert_eq!((p.text.as_str(), p.voice), ("You are Ada.", Some(dir.join("voice.pt"))));
+        let p = PromptRequest::from_query(&q(&[("voice_prompt", "voice")]), Some(&dir)).unwrap().unwrap();
+        assert_eq!((p.text.as_str(), p.voice), ("", Some(dir.join("voice.pt"))));
+        for (v, want) in [("../voice.pt", "not a path"), ("/etc/passwd", "not a path"), ("NOPE", "NOPE.pt"), ("voice.wav", "preset voices (.pt) only")] {
+            let e = PromptRequest::from_query(&q(&[("voice_prompt", v)]), Some(&dir)).unwrap_err();
+            assert!(e.contains(want), "{v}: {e}");
+        }
+        let e = PromptRequest::from_query(&q(&[("voice_prompt", "voice.pt")]), None).unwrap_err();
+        assert!(e.contains("--voice-prompt-dir"), "{e}");
     }
 }

@@ -230,7 +230,10 @@ async fn chat(
     }
     s.metrics.connections.inc();
     let seed = rand::random::<u64>();
-    let params = SessionParams::from_query(&q, &s.cfg.defaults, s.text_vocab, s.audio_vocab, seed);
+    let params = SessionParams::from_query(&q, &s.cfg.defaults, s.text_vocab, s.audio_vocab, seed).and_then(|mut p| {
+        p.prompt = crate::config::PromptRequest::from_query(&q, s.cfg.voice_prompt_dir.as_deref())?;
+        Ok(p)
+    });
     if let Ok(p) = &params {
         if !p.ignored.is_empty() {
             tracing::warn!(ignored = ?p.ignored, "parameters accepted but not implemented");

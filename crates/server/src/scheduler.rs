@@ -35,6 +35,9 @@ pub enum Reply {
     Text(String),
     /// The batch failed; the conversation is over.
     Error(String),
+    /// The conversation's PersonaPlex prompt has been fed: it can start (the handshake is sent
+    /// after the prompt, as NVIDIA's server sends it).
+    Ready,
 }
 
 /// A connection's side of its slot.
@@ -67,6 +70,9 @@ pub enum JoinError {
     Full(usize),
     #[error("the model is not running: {0}")]
     Down(String),
+    /// The conversation's prompt cannot be used (a model without prompt training, a bad voice…).
+    #[error("{0}")]
+    Prompt(String),
 }
 
 enum Control {
@@ -78,6 +84,8 @@ enum Control {
 /// A started conversation; dropping it frees the slot.
 pub struct Ticket {
     pub slot: usize,
+    /// The slot is being fed a prompt: `Reply::Ready` comes when it is done.
+    pub prompted: bool,
     pub io: Arc<SlotIo>,
     pub replies: mpsc::Receiver<Reply>,
     tx: Sender<Control>,
@@ -112,11 +120,12 @@ impl SchedulerHandle {
         let (rtx, rrx) = mpsc::channel(self.max_output);
         let io = Arc::new(SlotIo { input: Mutex::new(VecDeque::new()), max_input: self.max_input, replies: rtx });
         let (otx, orx) = oneshot::channel();
+        let prompted = params.prompt.is_some();
         self.tx
             .send(Control::Join { params, io: io.clone(), reply: otx })
             .map_err(|_| JoinError::Down("the batch thread has stopped".into()))?;
         let slot = orx.await.map_err(|_| JoinError::Down("the batch thread has stopped".into()))??;
-        Ok(Ticket { slot, io, replies: rrx, tx: self.tx.clone() })
+        Ok(Ticket { slot, prompted, io, replies: rrx, tx: self.tx.clone() })
     }
 
     pub fn active(&self) -> usize {
@@ -202,13 +211,27 @@ impl Batch {
             Control::Join { params, io, reply } => {
                 let result = match self.slots.iter().position(|s| s.is_none()) {
                     None => Err(JoinError::Full(self.slots.len())),
-                    Some(slot) => match self.conv.reset_row(slot, params.gen, params.seed) {
+                    Some(slot) => match self.conv.reset_row(slot, params.gen, params.seed).map_err(|e| JoinError::Down(e.to_string())).and_then(|()| {
+                        // PersonaPlex: the slot is fed its prompt over the next frames while the
+                        // others talk (a preset's file is read here: small and quick).
+                        match &params.prompt {
+                            Some(req) => {
+                                let p = self.moshi.prepare_prompt(&req.spec()).map_err(|e| JoinError::Prompt(e.to_string()))?;
+                                self.moshi.start_prompt(&mut self.conv, slot, &p).map_err(|e| JoinError::Prompt(e.to_string()))
+                            }
+                            None => Ok(()),
+                        }
+                    }) {
                         Ok(()) => {
                             self.slots[slot] = Some(Active { io });
                             self.metrics.conversations_started.inc();
                             Ok(slot)
                         }
-                        Err(e) => Err(JoinError::Down(e.to_string())),
+                        Err(e) => {
+                            // Not left half-prompted: a fresh row, idle until the next join.
+                            let _ = self.conv.reset_row(slot, Default::default(), 0);
+                            Err(e)
+                        }
                     },
                 };
                 if let (Ok(slot), Err(_)) = (&result, reply.send(result.clone())) {
@@ -322,7 +345,9 @@ impl Batch {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             };
             let audio = out.pcm.as_ref().map(|p| p[row * n..(row + 1) * n].to_vec()).unwrap_or_else(|| vec![0.0; n]);
-            let mut open = send(Reply::Audio(audio));
+            // The prompt's last frame: the conversation starts (its first reply is this frame).
+            let mut open = !out.prompting[row] || send(Reply::Ready);
+            open &= send(Reply::Audio(audio));
             if let Some(id) = out.text.as_ref().map(|t| t[row]) {
                 // As Kyutai's servers: no pad (3) or end-of-padding (0); and no other control
                 // pieces (`<s>`, `</s>`), which are not text.

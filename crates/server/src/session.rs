@@ -139,9 +139,21 @@ where
     let mut ticket = match ctx.scheduler.join(params).await {
         Ok(t) => t,
         Err(e @ JoinError::Full(_)) => return conn.fail("capacity", close::TRY_LATER, e.to_string(), End::Refused(e.to_string())).await,
+        Err(e @ JoinError::Prompt(_)) => return conn.fail("prompt", close::POLICY, e.to_string(), End::Refused(e.to_string())).await,
         Err(e) => return conn.fail("engine", close::INTERNAL, e.to_string(), End::Refused(e.to_string())).await,
     };
-    tracing::info!(slot = ticket.slot, "conversation started");
+    tracing::info!(slot = ticket.slot, prompted = ticket.prompted, "conversation started");
+    if ticket.prompted {
+        // PersonaPlex: the handshake follows the prompt (the client sends audio only after it).
+        match ticket.replies.recv().await {
+            Some(Reply::Ready) => tracing::info!(slot = ticket.slot, "prompt fed"),
+            Some(Reply::Error(e)) => return conn.fail("engine", close::INTERNAL, e.clone(), End::Engine(e)).await,
+            other => {
+                let m = format!("the model stopped before the prompt was fed ({other:?})");
+                return conn.fail("engine", close::INTERNAL, m.clone(), End::Engine(m)).await;
+            }
+        }
+    }
     if let Err(e) = conn.message(Message::Metadata(ctx.metadata)).await {
         return e;
     }
@@ -214,6 +226,7 @@ where
                         }
                     }
                     Some(Reply::Error(e)) => return conn.fail("engine", close::INTERNAL, e.clone(), End::Engine(e)).await,
+                    Some(Reply::Ready) => {}
                     None => {
                         let m = "the model stopped".to_string();
                         return conn.fail("engine", close::INTERNAL, m.clone(), End::Engine(m)).await;

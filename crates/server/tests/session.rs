@@ -22,7 +22,7 @@ fn ctx(s: &SchedulerHandle, metrics: &Metrics, timeout: Duration) -> SessionCtx 
     SessionCtx {
         scheduler: s.clone(),
         metrics: metrics.clone(),
-        params: Ok(SessionParams { gen: Default::default(), seed: 1, ignored: vec![] }),
+        params: Ok(SessionParams { gen: Default::default(), seed: 1, ignored: vec![], prompt: None }),
         metadata: serde_json::json!({"instance_name": "test"}),
         max_message_bytes: 1 << 16,
         send_timeout: timeout,
