@@ -8,6 +8,11 @@
 #   ref      the reference, batch 1 (and REF_BATCH), same call
 #   sweep    conversations per GPU: the serve step (slots) at the full 3000-step context
 #   model    verify model on the full-size random model (CPU f32 reference), bf16 + 8-bit KV
+#   quick    verify model on a 2-layer full-width random model, f32 and bf16 (a minute)
+#   sampler  batch 1 with the host sampler, beside b1's device sampler
+#   graphs   batch 1 (LM bench and whole pipeline) with --cuda-graphs on, beside b1's eager run
+#   startup  write a random full-size 7B to the local disk once, then time `run` from there
+#            (launch → first frame), page cache dropped first where allowed, then warm
 set -uo pipefail
 B=${B:-.device/moshi-rs}
 OUT=${OUT:-/tmp/out}
@@ -48,6 +53,28 @@ sweep)
   run sweep_bf16 bench --model random --device cuda --dtype bf16 --slots --context-fill 3000 --kv-cache model \
     --batch "${SWEEP_BF16:-1,8,32,64,80}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
   grep "^{" "$OUT/sweep_bf16.txt" ;;
+quick)
+  run verify_model_random2_f32 verify model --model random:2 --device cuda --dtype f32 --frames 8
+  run verify_model_random2_bf16 verify model --model random:2 --device cuda --dtype bf16 --frames 8 ;;
+sampler)
+  run bench_b1_host_sampler bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --sampler host --json
+  grep "^{" "$OUT/bench_b1_host_sampler.txt" ;;
+graphs)
+  run lm_bench_b1_graphs lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10 --cuda-graphs on
+  grep "^{" "$OUT/lm_bench_b1_graphs.txt" | tail -c 700; echo
+  run bench_b1_graphs bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --cuda-graphs on --json
+  grep "^{" "$OUT/bench_b1_graphs.txt" ;;
+startup)
+  DIR=${STARTUP_DIR:-/tmp/moshi-random-7b}
+  run write_random lm write-random "$DIR" --device cuda --dtype bf16
+  tail -1 "$OUT/write_random.txt"; du -sh "$DIR"
+  for pass in cold warm; do
+    [ $pass = cold ] && { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && echo "page cache dropped" || echo "page cache not dropped (not allowed)"; }
+    t0=$(date +%s.%N)
+    "$B" run assets/hello.wav "$OUT/startup_$pass.wav" --model "$DIR" --device cuda --dtype bf16 --max-steps 5 > "$OUT/startup_$pass.txt" 2>&1
+    echo "== startup $pass: rc=$? wall $(python3 -c "import sys,time; print(round(time.time() - float(sys.argv[1]), 2))" "$t0") s"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['startup_s']))" "$OUT/startup_$pass.json"
+  done ;;
 model)
   LIMIT=${VERIFY_LIMIT:-300} run verify_model_7b verify model --model random:32 --device cuda --dtype bf16 \
     --frames "${VERIFY_FRAMES:-100}" --kv-cache model,int8

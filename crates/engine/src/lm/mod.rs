@@ -1,10 +1,12 @@
 //! The Moshi language model: configuration and checkpoint layouts (`config`, `model`), the
 //! temporal transformer (`temporal`), the depformer (`depformer`), sampling (`sampling`) and the
-//! streaming step with the reference's delays (`generate`).
+//! streaming step with the reference's delays (`generate`; its device-sampled depformer chain,
+//! eager or as a CUDA graph, in `frame_graph`).
 
 pub mod config;
 pub mod delays;
 pub mod depformer;
+pub mod frame_graph;
 pub mod generate;
 pub mod model;
 pub mod random;
@@ -12,6 +14,7 @@ pub mod sampling;
 pub mod temporal;
 
 pub use config::LmConfig;
+pub use frame_graph::GraphState;
 pub use generate::{GenConfig, LmGenState, StepOut};
 pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};
 pub use sampling::{Noise, ReplayNoise, SamplingConfig, SeededNoise};
