@@ -58,9 +58,10 @@ pub struct RuntimeArgs {
     /// Both give the same tokens for the same seed (`verify model` checks it).
     #[arg(long, value_enum, default_value = "device")]
     pub sampler: SamplerArg,
-    /// On CUDA with the device sampler: replay the depformer's steps as a CUDA graph recorded
-    /// once per conversation (`off`: launch every op, as before). No effect elsewhere.
-    #[arg(long, value_enum, default_value = "off")]
+    /// On CUDA with the device sampler: replay the depformer's steps and their sampling as a
+    /// CUDA graph recorded once per conversation and shape (`off`: launch every op, as before;
+    /// the tokens are the same). No effect elsewhere.
+    #[arg(long, value_enum, default_value = "on")]
     pub cuda_graphs: OnOff,
 }
 
