@@ -60,7 +60,9 @@ pub fn test_signal(samples: usize) -> Vec<f32> {
 fn agreement(group: &str, name: &str, ours: &Tensor, reference: &Tensor, min: f64) -> Result<Check> {
     let mut c = Check::codes(group, name, ours, reference)?;
     c.tol = 1.0 - min;
-    c.ok = c.max_rel <= c.tol;
+    // At least `min` of the tokens agree, exactly `min` included: compared as agreement, with
+    // room for the rounding of 1 − min (1 − 0.9 is 0.09999999999999998, which failed 3 of 30).
+    c.ok = 1.0 - c.max_rel >= min - 1e-12;
     Ok(c)
 }
 
@@ -246,4 +248,18 @@ fn stream_teacher(moshi: &Moshi, kind: KvCacheKind, input: &Tensor, dep_tokens: 
         audio.push(Tensor::stack(&steps, 1)?); // [B, dep_q, 1, card]
     }
     Ok((Tensor::cat(&text, 1)?, Tensor::cat(&audio, 2)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 27 of 30 equal is 90% agreement: it meets a 90% bound; 26 of 30 does not.
+    #[test]
+    fn agreement_at_the_bound_passes() {
+        let reference = Tensor::zeros(30, DType::I64, &Device::Cpu).unwrap();
+        let with_diffs = |n: usize| Tensor::from_vec((0..30).map(|i| i64::from(i < n)).collect::<Vec<i64>>(), 30, &Device::Cpu).unwrap();
+        assert!(agreement("g", "n", &with_diffs(3), &reference, 0.9).unwrap().ok);
+        assert!(!agreement("g", "n", &with_diffs(4), &reference, 0.9).unwrap().ok);
+    }
 }
