@@ -12,6 +12,7 @@
 #   quick    verify model on a 2-layer full-width random model, f32 and bf16 (a minute)
 #   sampler  batch 1 with the host sampler, beside b1's device sampler
 #   eager    batch 1 (LM bench and whole pipeline) with --cuda-graphs off, beside b1 (graphs on)
+#   scale    LM step breakdown (per temporal layer, synchronised) at B=96 and 128, full context, 8-bit KV
 #   startup  write a random full-size 7B to the local disk once, then time `run` from there
 #            (launch → first frame), page cache dropped first where allowed, then warm
 set -uo pipefail
@@ -77,6 +78,11 @@ eager)
   grep "^{" "$OUT/lm_bench_b1_eager.txt" | tail -c 700; echo
   run bench_b1_eager bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --cuda-graphs off --json
   grep "^{" "$OUT/bench_b1_eager.txt" ;;
+scale)
+  for b in ${SCALE:-96 128}; do
+    run lm_bench_b${b}_int8 lm bench --device cuda --dtype bf16 --layers 32 --steps 10 --warmup 2 --batch $b --context-fill 3000 --kv-cache int8
+    grep "^{" "$OUT/lm_bench_b${b}_int8.txt" | tail -c 900; echo
+  done ;;
 startup)
   DIR=${STARTUP_DIR:-/tmp/moshi-random-7b}
   run write_random lm write-random "$DIR" --device cuda --dtype bf16
