@@ -9,6 +9,7 @@ mod progress;
 mod loadtest;
 mod model;
 mod paths;
+mod persona;
 mod run;
 mod serve;
 mod sources;

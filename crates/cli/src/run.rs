@@ -59,6 +59,8 @@ pub struct RunArgs {
     pub silence: f64,
     #[command(flatten)]
     pub runtime: crate::model::RuntimeArgs,
+    #[command(flatten)]
+    pub persona: crate::persona::PersonaArgs,
 }
 
 /// The files of one run, checked before anything heavy happens.
@@ -148,6 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let launch = Instant::now();
     let paths = args.paths()?;
     args.source.precheck()?;
+    let prompt_spec = args.persona.spec()?;
     let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let device_s = launch.elapsed().as_secs_f64();
 
@@ -173,7 +176,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let gen = args.sampling.gen_config();
-    let mut conv = moshi.conversation(gen, args.seed, true, &args.runtime.run_options())?;
+    let prompt = match &prompt_spec {
+        Some(spec) => Some(moshi.prepare_prompt(spec).context("the PersonaPlex prompt (--text-prompt, --voice-prompt)")?),
+        None => None,
+    };
+    // PersonaPlex's offline pipeline gives every frame once (Kyutai's gives the first twice).
+    let mut conv = moshi.conversation(gen, args.seed, prompt.is_none(), &args.runtime.run_options())?;
     let mut transcript = TextStream::moshi(&moshi.tokenizer);
     let mut text = String::new();
     let mut pcm_out: Vec<f32> = Vec::new();
@@ -181,6 +189,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut out = Transcript::new(frames.len())?;
     let t0 = Instant::now();
     let mut first_frame_s = None;
+    let mut prompt_summary = None;
+    if let Some(p) = &prompt {
+        // The prompt's frames (audio in ignored); the last gives the prompt's last frame (PAD,
+        // silence), which the reference's offline wav starts with.
+        moshi.start_prompt(&mut conv, 0, p)?;
+        let tp = Instant::now();
+        // Every prompt frame but the last in one forward (they sample nothing).
+        let prefilled = moshi.prefill_prompt(&mut conv).context("prefilling the prompt")?;
+        let mut prompt_frames = prefilled;
+        while conv.prompting(0) {
+            let step = moshi.step(&mut conv, &vec![0f32; n]).with_context(|| format!("prompt frame {prompt_frames}"))?;
+            prompt_frames += 1;
+            pcm_out.extend(step.pcm.unwrap_or_default());
+        }
+        let spec = prompt_spec.as_ref().expect("a prompt comes from a spec");
+        prompt_summary = Some(serde_json::json!({
+            "text": spec.text,
+            "voice": match &spec.voice {
+                moshi_engine::persona::VoiceSource::File(p) => serde_json::json!(p.display().to_string()),
+                _ => serde_json::Value::Null,
+            },
+            "text_tokens": p.text.len(),
+            "frames": prompt_frames,
+            "prefilled_frames": prefilled,
+            "seconds": round3(tp.elapsed().as_secs_f64()),
+        }));
+    }
     for (i, frame) in frames.iter().enumerate() {
         let step = moshi.step(&mut conv, frame).with_context(|| format!("frame {i}"))?;
         first_frame_s.get_or_insert_with(|| launch.elapsed().as_secs_f64());
@@ -200,6 +235,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     out.finish();
     let wall = t0.elapsed().as_secs_f64();
+    if prompt.is_some() {
+        // Aligned as the reference's offline wav: one frame per input frame, the first being the
+        // prompt's last (its outputs come one frame later than moshi-rs computes them), trimmed
+        // to the input's length (with the silence added).
+        pcm_out.truncate((samples.len() + silence_frames * n).min(frames.len() * n));
+    }
 
     let write = if args.pcm16 { audio::write_wav_i16 } else { audio::write_wav };
     write(&paths.output, &pcm_out, audio::MIMI_SAMPLE_RATE).with_context(|| format!("writing {}", paths.output.display()))?;
@@ -213,7 +254,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         serde_json::json!({"median": round3(percentile(&v, 0.5)), "p90": round3(percentile(&v, 0.9)), "p99": round3(percentile(&v, 0.99))})
     };
     let audio_s = frames.len() as f64 * n as f64 / audio::MIMI_SAMPLE_RATE as f64;
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "input": paths.input.display().to_string(),
         "output": paths.output.display().to_string(),
         "output_format": if args.pcm16 { "pcm16" } else { "f32" },
@@ -244,6 +285,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // Of the f32 samples before any 16-bit conversion: the same for both output formats.
         "output_pcm_sha256": digest,
     });
+    if let Some(p) = prompt_summary {
+        summary["prompt"] = p;
+    }
     std::fs::write(&paths.summary, serde_json::to_string_pretty(&summary)? + "\n").with_context(|| format!("writing {}", paths.summary.display()))?;
     eprintln!(
         "{} frames in {:.2} s (real-time factor {:.2}) → {} ({} samples), summary {}; pcm sha256 {digest}",

@@ -25,7 +25,8 @@ pub struct MoshiSource {
     /// `tiny` (embedded, random weights: a correctness anchor, not speech), a folder, or a Hugging
     /// Face repo id such as kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16. Default:
     /// kyutai/moshiko-pytorch-bf16 when already cached, else tiny. `random` (or `random:LAYERS`):
-    /// the full-size architecture with random weights made on the device, for benchmarks.
+    /// the full-size architecture with random weights made on the device, for benchmarks;
+    /// `random-personaplex[:LAYERS]` the same for PersonaPlex (16-step depformer).
     #[arg(long, visible_alias = "hf-repo")]
     pub model: Option<String>,
     /// LM weights (safetensors, Kyutai's PyTorch or Candle layout): replaces the model's, or with
@@ -52,6 +53,13 @@ pub struct Loaded {
     pub identity: String,
 }
 
+/// `--model random-personaplex` or `random-personaplex:LAYERS`: a full-size PersonaPlex (16-step
+/// depformer) with random weights; the layers as `random_layers` gives them.
+pub fn random_personaplex_layers(model: &str, default: usize) -> Option<anyhow::Result<usize>> {
+    let rest = model.strip_prefix("random-personaplex")?;
+    random_layers(&format!("random{rest}"), default)
+}
+
 /// `--model random` or `random:LAYERS` (the full-size architecture with random weights): Some(the
 /// temporal layers, `default` for plain `random`); None for any other model.
 pub fn random_layers(model: &str, default: usize) -> Option<anyhow::Result<usize>> {
@@ -66,7 +74,8 @@ pub fn random_layers(model: &str, default: usize) -> Option<anyhow::Result<usize
 /// Where the files come from before the per-file flags apply.
 enum Base {
     Tiny,
-    Random(usize),
+    /// Temporal layers; PersonaPlex's architecture.
+    Random(usize, bool),
     Files(MoshiFiles, String),
     /// Nothing: the file flags must name every file.
     None,
@@ -98,8 +107,9 @@ impl MoshiSource {
                 if self.overrides_any() {
                     bail!("--model {m} brings its own files; --lm-weights, --mimi-weights, --tokenizer and the configs go with a folder, a repo or alone");
                 }
-                if let Some(r) = random_layers(m, 32) {
-                    r?;
+                match random_personaplex_layers(m, 32) {
+                    Some(r) => drop(r?),
+                    None => drop(random_layers(m, 32).transpose()?),
                 }
             }
             Some(m) => {
@@ -133,7 +143,8 @@ impl MoshiSource {
         let all_files = self.lm_weights.is_some() && self.mimi_weights.is_some() && self.tokenizer.is_some();
         Ok(match self.model.as_deref() {
             Some("tiny") => Base::Tiny,
-            Some(m) if m.starts_with("random") => Base::Random(random_layers(m, 32).expect("starts with `random`")?),
+            Some(m) if m.starts_with("random-personaplex") => Base::Random(random_personaplex_layers(m, 32).expect("the prefix")?, true),
+            Some(m) if m.starts_with("random") => Base::Random(random_layers(m, 32).expect("starts with `random`")?, false),
             Some(m) if PathBuf::from(m).is_dir() => Base::Files(MoshiFiles::from_dir(&PathBuf::from(m))?, format!("folder {m}")),
             Some(m) => {
                 let r = hub::resolve(m, Need::Moshi)?;
@@ -159,11 +170,13 @@ impl MoshiSource {
                 tracing::info!(?dtype, ?device, "loading the embedded tiny model");
                 return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() });
             }
-            Base::Random(layers) => {
-                tracing::info!(layers, ?dtype, ?device, "drawing a random full-size model");
+            Base::Random(layers, personaplex) => {
+                tracing::info!(layers, personaplex, ?dtype, ?device, "drawing a random full-size model");
                 let bar = crate::progress::WeightsBar::new("drawing random weights");
-                let moshi = moshi_engine::random_model::build_on(layers, dtype, device, &mut |d, t| bar.update(d, t))?;
-                return Ok(Loaded { moshi, identity: format!("random full-size ({layers} temporal layers), made on the device") });
+                let cfg = moshi_engine::random_model::random_lm_config(layers, personaplex);
+                let moshi = moshi_engine::random_model::build_config_on(cfg, dtype, device, &mut |d, t| bar.update(d, t))?;
+                let what = if personaplex { " PersonaPlex" } else { "" };
+                return Ok(Loaded { moshi, identity: format!("random full-size{what} ({layers} temporal layers), made on the device") });
             }
             Base::Files(files, identity) => (files, identity),
             Base::None => {

@@ -102,17 +102,24 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             let kv_cache: Vec<_> = kv_cache.into_iter().map(crate::model::KvCacheArg::kind).collect();
             let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             let cpu = candle_core::Device::Cpu;
-            let (reference, dut, identity) = match source.model.as_deref().and_then(|m| crate::sources::random_layers(m, 2)) {
-                // `random` or `random:LAYERS`: full-size random weights, made once, built twice.
-                Some(layers) => {
+            let model = source.model.as_deref();
+            let random = match model.and_then(|m| crate::sources::random_personaplex_layers(m, 2)) {
+                Some(layers) => Some((layers, true)),
+                None => model.and_then(|m| crate::sources::random_layers(m, 2)).map(|l| (l, false)),
+            };
+            let (reference, dut, identity) = match random {
+                // `random[-personaplex]` or `…:LAYERS`: full-size random weights, made once, built twice.
+                Some((layers, personaplex)) => {
                     let layers = layers?;
                     let t0 = std::time::Instant::now();
                     let bar = crate::progress::WeightsBar::new("drawing random weights");
-                    let w = moshi_engine::random_model::RandomMoshi::new_on_with(layers, &dev, &mut |d, t| bar.update(d, t))?;
+                    let cfg = moshi_engine::random_model::random_lm_config(layers, personaplex);
+                    let w = moshi_engine::random_model::RandomMoshi::with_config_on(cfg, &dev, &mut |d, t| bar.update(d, t))?;
                     drop(bar);
                     let (r, d) = (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?);
                     eprintln!("random weights drawn on {dev:?} and built twice in {:.1} s", t0.elapsed().as_secs_f64());
-                    (r, d, format!("random full-size, {layers} temporal layers"))
+                    let what = if personaplex { " PersonaPlex" } else { "" };
+                    (r, d, format!("random full-size{what}, {layers} temporal layers"))
                 }
                 None => {
                     let r = source.load(candle_core::DType::F32, &cpu)?;

@@ -273,3 +273,48 @@ fn run_resolves_a_repo_from_the_hf_cache_offline() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("HF_HUB_OFFLINE=1 and") && err.contains("of test/not-there is not in the local Hugging Face cache"), "{err}");
 }
+
+/// A float tensor of a safetensors file (header parsed here: the tests need no tensor crate).
+fn safetensors_f32(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    assert_eq!(t["dtype"], "F32");
+    let (a, b) = (t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize);
+    bytes[8 + n + a..8 + n + b].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn run_with_a_persona_and_a_voice_gives_the_personaplex_reference_wav() {
+    let dir = repo().join("golden/personaplex_tiny");
+    let (out_wav, out_json) = (tmp("pp.wav"), tmp("pp.json"));
+    let out = run(&[
+        "run", "--model", dir.to_str().unwrap(), "--greedy", "--silence", "0",
+        "--text-prompt", "You are a helpful assistant named Ada.",
+        "--voice-prompt", "voice", "--voice-prompt-dir", dir.to_str().unwrap(),
+        "--summary", out_json.to_str().unwrap(),
+        dir.join("user.wav").to_str().unwrap(), out_wav.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out_json);
+    assert_eq!((s["prompt"]["frames"].as_u64(), s["prompt"]["text_tokens"].as_u64()), (Some(77), Some(38)));
+    assert_eq!(s["prompt"]["prefilled_frames"].as_u64(), Some(76), "all but the last prompt frame in one forward");
+    // The fork's offline wav: its 24 decoded frames trimmed to the input's 44544 samples.
+    let want = safetensors_f32(&dir.join("io.safetensors"), "greedy.decoded_pcm");
+    let got = wav_samples(&out_wav);
+    assert_eq!(got.len(), 44544);
+    let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 2e-6, "reply differs from the reference's wav by {worst}");
+}
+
+#[test]
+fn run_refuses_prompts_it_cannot_honour() {
+    let dir = repo().join("golden/personaplex_tiny");
+    let input = repo().join("assets/hello.wav");
+    let o = tmp("refused.wav");
+    let (i, o) = (input.to_str().unwrap(), o.to_str().unwrap());
+    // Kyutai's Moshi has no prompt training: refused, not ignored.
+    assert_clean_failure(&["run", "--model", "tiny", "--text-prompt", "You are Ada.", i, o], "no prompt training");
+    assert_clean_failure(&["run", "--model", dir.to_str().unwrap(), "--voice-prompt", "NOPE", "--voice-prompt-dir", dir.to_str().unwrap(), i, o], "NOPE.pt");
+}

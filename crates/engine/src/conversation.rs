@@ -55,7 +55,9 @@ pub struct FrameOut {
     /// [B]: whether the row's `pcm`, `text` and `tokens` are real; a row that started later
     /// (`Conversation::reset_row`) fills its delays later.
     pub ready: Vec<bool>,
-    /// All aligned tokens ([B, 1 + dep_q]: text, audio codebooks…), once the delays are filled.
+    /// [B]: the row's frame was a prompt frame (its audio in was ignored).
+    pub prompting: Vec<bool>,
+    /// All aligned tokens ([B, 1 + agent codebooks]: text, audio…), once the delays are filled.
     pub tokens: Option<Vec<i64>>,
     pub times: StageTimes,
 }
@@ -142,6 +144,18 @@ impl Conversation {
     }
 }
 
+impl Conversation {
+    /// Whether row `row` is still being fed its prompt (`Moshi::start_prompt`).
+    pub fn prompting(&self, row: usize) -> bool {
+        self.lm.prompting(row)
+    }
+
+    /// Run every depformer step (see `LmGenState::set_all_depformer_steps`).
+    pub fn set_all_depformer_steps(&mut self, all: bool) {
+        self.lm.set_all_depformer_steps(all);
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -155,10 +169,10 @@ impl Moshi {
         if c.card != m.quantizer.bins {
             return bad(format!("LM audio cardinality {} vs Mimi codebooks of {} entries", c.card, m.quantizer.bins));
         }
-        if c.dep_q != mimi.num_codebooks() || c.user_streams() != mimi.num_codebooks() {
+        if c.agent_streams() != mimi.num_codebooks() || c.user_streams() != mimi.num_codebooks() {
             return bad(format!(
                 "LM generates {} and reads {} user codebooks, Mimi uses {}",
-                c.dep_q,
+                c.agent_streams(),
                 c.user_streams(),
                 mimi.num_codebooks()
             ));
@@ -202,6 +216,27 @@ impl Moshi {
         Ok(Conversation::new(self.lm.new_slots(batch, options)?, false))
     }
 
+    /// Feed row `row` a PersonaPlex prompt (`persona::prepare_prompt` makes one) from its next
+    /// frame on: the row must be at its start (a new conversation, or a slot just reset). Each of
+    /// its next frames is one prompt frame (its audio in ignored, nothing out) until the last,
+    /// which gives the prompt's last frame (PAD and silence) as the row's first output, as the
+    /// reference's first conversation call does; Mimi starts afresh for the row after it. The
+    /// other rows go on. Refused for models without prompt training.
+    pub fn start_prompt(&self, conv: &mut Conversation, row: usize, prompt: &crate::lm::LmPrompt) -> Result<()> {
+        self.lm.start_prompt(&mut conv.lm, row, prompt)?;
+        conv.dec_fresh[row] = true;
+        Ok(())
+    }
+
+    /// Prefill the prompt (`LmModel::prefill_prompts`): every prompt frame but the last in one
+    /// temporal forward, when every row is at the same point of a prompt. Returns the frames
+    /// done; the next `step` is the prompt's last frame.
+    pub fn prefill_prompt(&self, conv: &mut Conversation) -> Result<usize> {
+        let n = self.lm.prefill_prompts(&mut conv.lm)?;
+        conv.frames += n;
+        Ok(n)
+    }
+
     /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).
     pub fn step(&self, conv: &mut Conversation, pcm: &[f32]) -> Result<FrameOut> {
         let (n, b) = (self.frame_size(), conv.batch);
@@ -210,9 +245,14 @@ impl Moshi {
         }
         let device = self.mimi.device();
         let t = Instant::now();
-        let x = Tensor::from_slice(pcm, (b, 1, n), device)?.to_dtype(self.mimi.dtype())?;
-        let codes = self.mimi.encode_step(&x, &mut conv.enc)?;
-        let user_codes: Vec<i64> = codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+        // Rows being prompted ignore their audio: when every row is, Mimi is not run at all.
+        let user_codes: Vec<i64> = if (0..b).all(|r| conv.lm.prompting(r)) {
+            vec![0; b * self.lm.config().user_streams()]
+        } else {
+            let x = Tensor::from_slice(pcm, (b, 1, n), device)?.to_dtype(self.mimi.dtype())?;
+            let codes = self.mimi.encode_step(&x, &mut conv.enc)?;
+            codes.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?
+        };
         let encode_ms = ms(t);
 
         let t = Instant::now();
@@ -222,17 +262,33 @@ impl Moshi {
         }
         let out = self.lm.step(&mut conv.lm, &user_codes)?;
         let lm_ms = ms(t);
+        for (row, &done) in out.prompt_done.iter().enumerate() {
+            if done {
+                // The reference resets Mimi after the prompts: the row's next frame is the first
+                // of its conversation (its decoder starts afresh at its first ready tokens, the
+                // prompt's last frame, below). A lone row gets a wholly fresh state.
+                if b == 1 {
+                    conv.enc.reset();
+                } else {
+                    conv.enc.reset_row(row, b);
+                }
+            }
+        }
 
         let t = Instant::now();
         let (pcm, text) = match &out.tokens {
             Some(tokens) => {
                 for (row, fresh) in conv.dec_fresh.iter_mut().enumerate() {
                     if *fresh && out.ready[row] {
-                        conv.dec.reset_row(row, b);
+                        if b == 1 {
+                            conv.dec.reset();
+                        } else {
+                            conv.dec.reset_row(row, b);
+                        }
                         *fresh = false;
                     }
                 }
-                let k = self.lm.config().dep_q;
+                let k = self.lm.config().agent_streams();
                 let rows: Vec<&[i64]> = tokens.chunks(1 + k).collect();
                 let audio: Vec<i64> = rows.iter().flat_map(|r| r[1..].iter().copied()).collect();
                 let audio = Tensor::from_vec(audio, (b, k, 1), device)?;
@@ -249,6 +305,7 @@ impl Moshi {
             pcm,
             text,
             ready: out.ready,
+            prompting: out.prompting,
             tokens: out.tokens,
             times: StageTimes { encode_ms, lm_ms, decode_ms, temporal_ms: out.temporal_ms, depformer_ms: out.depformer_ms },
         })

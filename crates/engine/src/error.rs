@@ -40,6 +40,11 @@ pub enum EngineError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A persona or voice prompt cannot be used: a model without prompt training, a voice file
+    /// that is missing or of the wrong shape, a prompt longer than the context.
+    #[error("prompt: {0}")]
+    Prompt(String),
+
     /// The model produced NaN or infinite values; the message names the step and the layer.
     #[error("numerical failure: {0}")]
     NonFinite(String),

@@ -19,6 +19,7 @@ pub mod lm;
 pub mod mimi;
 pub mod model_files;
 pub mod nn;
+pub mod persona;
 pub mod random_model;
 pub mod text;
 pub mod tiny;

@@ -102,6 +102,32 @@ fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
     }
 }
 
+/// Whether an LM checkpoint's depformer has PersonaPlex's 16 steps (`linears.15`, from the header).
+fn personaplex_steps(lm_weights: &Path) -> Result<bool> {
+    let header = crate::weights::read_header(lm_weights)?;
+    Ok(header.iter().any(|(n, _, _)| n == "linears.15.weight") && header.iter().any(|(n, _, _)| n == "depformer_in.15.weight"))
+}
+
+/// A config without `personaplex` for a checkpoint whose depformer predicts the user's codebooks
+/// too (16 steps for 16 audio streams: PersonaPlex, as `get_moshi_lm` forces `dep_q = 16`)
+/// becomes PersonaPlex's: `dep_q` 16 and the real prompt constants (which need the real Mimi's
+/// 2048-entry codebooks; another model must say its own in config.json's `personaplex`).
+fn with_personaplex_if_needed(mut cfg: LmConfig, lm_weights: &Path) -> Result<LmConfig> {
+    if cfg.personaplex.is_some() || cfg.dep_q >= cfg.n_q || cfg.n_q != 16 || !personaplex_steps(lm_weights)? {
+        return Ok(cfg);
+    }
+    if cfg.card != 2048 {
+        return Err(EngineError::Config {
+            path: lm_weights.display().to_string(),
+            msg: "a 16-step depformer (PersonaPlex) with codebooks of other than 2048 entries: give config.json a `personaplex` object with its silence and sine tokens".into(),
+        });
+    }
+    tracing::info!(file = %lm_weights.display(), "the depformer has 16 steps: PersonaPlex (dep_q 16, the real prompt constants)");
+    cfg.dep_q = cfg.n_q;
+    cfg.personaplex = Some(crate::lm::PersonaPlexConfig::real());
+    Ok(cfg)
+}
+
 /// Every file a Moshi needs, with the configurations.
 #[derive(Debug, Clone)]
 pub struct MoshiFiles {
@@ -127,9 +153,23 @@ impl MoshiFiles {
                 msg: format!("the folder has no config.json (Kyutai's, naming the model files) and no {RELEASED_LM} of the released layout"),
             });
         }
-        let lm_config = if manifest.from_config { LmConfig::from_json_file(&dir.join("config.json"))? } else { LmConfig::default() };
+        let lm_weights = existing(dir.join(&manifest.lm), "LM weights")?;
+        let lm_config = if manifest.from_config {
+            match LmConfig::from_json_file(&dir.join("config.json")) {
+                Ok(c) => c,
+                // NVIDIA's own code never reads PersonaPlex's config.json (its content is not
+                // known here): a PersonaPlex checkpoint gets PersonaPlex 7B's config instead.
+                Err(e) => match personaplex_steps(&lm_weights)? {
+                    true => LmConfig::personaplex_7b(),
+                    false => return Err(e),
+                },
+            }
+        } else {
+            LmConfig::default()
+        };
+        let lm_config = with_personaplex_if_needed(lm_config, &lm_weights)?;
         Ok(Self {
-            lm_weights: existing(dir.join(&manifest.lm), "LM weights")?,
+            lm_weights,
             lm_config,
             mimi_weights: existing(dir.join(&manifest.mimi), "Mimi weights")?,
             mimi_config: manifest.mimi_config_in(dir)?,

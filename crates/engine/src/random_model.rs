@@ -44,6 +44,13 @@ pub fn mimi_tensors() -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
+/// The LM config of a full-size random model: Moshi 7B's, or PersonaPlex 7B's (16-step depformer,
+/// prompt constants), with `layers` temporal layers.
+pub fn random_lm_config(layers: usize, personaplex: bool) -> LmConfig {
+    let base = if personaplex { LmConfig::personaplex_7b() } else { LmConfig::default() };
+    LmConfig { num_layers: layers, ..base }
+}
+
 /// The random weights of a full-size Moshi with `layers` temporal layers.
 pub struct RandomMoshi {
     pub lm_config: LmConfig,
@@ -64,7 +71,11 @@ impl RandomMoshi {
 
     /// As `new_on`, reporting `progress(values drawn, values in all)` as it goes.
     pub fn new_on_with(layers: usize, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
-        let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
+        Self::with_config_on(random_lm_config(layers, false), device, progress)
+    }
+
+    /// As `new_on_with`, for any LM config (`random_lm_config`: Moshi's or PersonaPlex's).
+    pub fn with_config_on(lm_config: LmConfig, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let lm = crate::lm::random::random_weights_with(&lm_config, DType::F32, device, progress)?;
         Ok(Self { lm_config, lm, mimi: mimi_tensors()? })
     }
@@ -82,7 +93,11 @@ impl RandomMoshi {
 /// values do not matter but the shapes do. Not reproducible across devices.
 /// `progress(values drawn, values in all)` is called as the LM's weights are drawn.
 pub fn build_on(layers: usize, dtype: DType, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Moshi> {
-    let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
+    build_config_on(random_lm_config(layers, false), dtype, device, progress)
+}
+
+/// As `build_on`, for any LM config (`random_lm_config(layers, true)`: a full-size PersonaPlex).
+pub fn build_config_on(lm_config: LmConfig, dtype: DType, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Moshi> {
     let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(mimi_tensors()?, DType::F32, device))?;
     let weights = crate::lm::random::random_weights_with(&lm_config, dtype, device, progress)?;
     let lm = LmModel::from_tensors(&lm_config, weights, dtype, device)?;

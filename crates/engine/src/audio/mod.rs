@@ -23,6 +23,7 @@
 //! there is more than one channel. Nothing here panics on bad input files: every failure is an
 //! [`AudioError`] naming the file and what was wrong with it.
 
+pub mod loudness;
 mod decode;
 mod ogg_opus;
 pub mod ogg_stream;

@@ -45,6 +45,55 @@ pub struct LmConfig {
     pub depformer_weights_per_step: bool,
     /// Per stream: text, then the n_q audio streams.
     pub delays: Vec<usize>,
+    /// PersonaPlex (NVIDIA's fine-tune with persona and voice prompts): its prompt constants.
+    /// Absent for Kyutai's models, which have no prompt training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personaplex: Option<PersonaPlexConfig>,
+}
+
+/// What PersonaPlex's prompt phases force (NVIDIA's fork hard-codes these in `moshi/models/lm.py`
+/// L54-57 and the offline/server scripts; read here from `config.json`'s `personaplex` object, as
+/// golden/personaplex_tiny's has it, or [`PersonaPlexConfig::real`] for the 7B).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonaPlexConfig {
+    /// The agent's audio codes during the silence and text phases (`SILENCE_TOKENS`: Mimi's codes
+    /// of a silent frame).
+    pub silence_tokens: Vec<i64>,
+    /// The user's audio codes during every prompt phase (`SINE_TOKENS`: a 440 Hz sine).
+    pub sine_tokens: Vec<i64>,
+    /// The text token of the voice and silence phases (`zero_text_code`, the PAD id 3).
+    #[serde(default = "default_zero_text")]
+    pub zero_text_code: u32,
+    /// Frames of each of the two silence phases (`int(0.5 · 12.5)` = 6).
+    #[serde(default = "default_silence_frames")]
+    pub audio_silence_frame_cnt: usize,
+    /// The user's codebooks (the constant `AUDIO_TOKENS_PER_STREAM` = 8: not `n_q − dep_q`,
+    /// which is 0 for PersonaPlex's 16-step depformer).
+    #[serde(default = "default_user_codebooks")]
+    pub user_codebooks: usize,
+}
+
+fn default_zero_text() -> u32 {
+    3
+}
+fn default_silence_frames() -> usize {
+    6
+}
+fn default_user_codebooks() -> usize {
+    8
+}
+
+impl PersonaPlexConfig {
+    /// The real model's constants (lm.py L56-57, for the real Mimi).
+    pub fn real() -> Self {
+        Self {
+            silence_tokens: vec![948, 243, 1178, 546, 1736, 1030, 1978, 2008],
+            sine_tokens: vec![430, 1268, 381, 1611, 1095, 1495, 56, 472],
+            zero_text_code: 3,
+            audio_silence_frame_cnt: 6,
+            user_codebooks: 8,
+        }
+    }
 }
 
 impl Default for LmConfig {
@@ -77,6 +126,7 @@ impl Default for LmConfig {
             depformer_pos_emb: "none".into(),
             depformer_weights_per_step: true,
             delays: vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+            personaplex: None,
         }
     }
 }
@@ -119,9 +169,35 @@ impl LmConfig {
         1 + self.n_q
     }
 
-    /// Audio streams given by the user (the last `n_q − dep_q`).
+    /// PersonaPlex 7B (`nvidia/personaplex-7b-v1`): Moshi 7B's config with a 16-step depformer
+    /// (`get_moshi_lm` forces `dep_q = 16`, loaders.py L187; steps 8–15 predict the user's
+    /// codebooks) and the real prompt constants. Its checkpoint has 475 tensors; the depformer's
+    /// stacked attention weights split into fixed blocks of 3072 and 1024 rows per step.
+    pub fn personaplex_7b() -> Self {
+        Self { dep_q: 16, personaplex: Some(PersonaPlexConfig::real()), ..Self::default() }
+    }
+
+    /// Whether the model was trained to follow persona and voice prompts (PersonaPlex).
+    pub fn takes_prompts(&self) -> bool {
+        self.personaplex.is_some()
+    }
+
+    /// Audio streams the model generates and speaks (its own codebooks, streams 1..=this): `dep_q`
+    /// for Moshi, `n_q − 8` for PersonaPlex, whose depformer also predicts the user's.
+    pub fn agent_streams(&self) -> usize {
+        match &self.personaplex {
+            Some(p) => self.n_q - p.user_codebooks,
+            None => self.dep_q,
+        }
+    }
+
+    /// Audio streams given by the user (the last ones): `n_q − dep_q` for Moshi, the constant
+    /// 8 for PersonaPlex.
     pub fn user_streams(&self) -> usize {
-        self.n_q - self.dep_q
+        match &self.personaplex {
+            Some(p) => p.user_codebooks,
+            None => self.n_q - self.dep_q,
+        }
     }
 
     /// Checks what the engine relies on; `origin` names where the config came from.
@@ -146,11 +222,34 @@ impl LmConfig {
                 return err(format!("{what} \"{v}\" is not supported (rope or none)"));
             }
         }
-        if self.dim % self.num_heads != 0 || self.depformer_dim % self.depformer_num_heads != 0 {
+        if !self.dim.is_multiple_of(self.num_heads) || !self.depformer_dim.is_multiple_of(self.depformer_num_heads) {
             return err("dim must be a multiple of num_heads (and depformer_dim of depformer_num_heads)".into());
         }
         if self.context == 0 {
             return err("context must be at least 1".into());
+        }
+        if let Some(p) = &self.personaplex {
+            if p.user_codebooks == 0 || p.user_codebooks >= self.n_q || self.n_q - p.user_codebooks > self.dep_q {
+                return err(format!(
+                    "personaplex.user_codebooks {} does not fit n_q {} and dep_q {}",
+                    p.user_codebooks, self.n_q, self.dep_q
+                ));
+            }
+            let agent = self.n_q - p.user_codebooks;
+            if p.silence_tokens.len() != agent || p.sine_tokens.len() != p.user_codebooks {
+                return err(format!(
+                    "personaplex: {} silence tokens for {agent} agent codebooks, {} sine tokens for {} user codebooks",
+                    p.silence_tokens.len(),
+                    p.sine_tokens.len(),
+                    p.user_codebooks
+                ));
+            }
+            if let Some(bad) = p.silence_tokens.iter().chain(&p.sine_tokens).find(|&&t| t < 0 || t >= self.card as i64) {
+                return err(format!("personaplex: prompt audio token {bad} outside [0, card {})", self.card));
+            }
+            if p.zero_text_code as usize >= self.text_card {
+                return err(format!("personaplex.zero_text_code {} outside the text vocabulary", p.zero_text_code));
+            }
         }
         Ok(())
     }
@@ -191,11 +290,22 @@ impl LmConfig {
     /// Parameters a streaming step reads in full: every weight except the embedding tables (a
     /// step gathers a few of their rows). Times the dtype's size over a step's time, this is the
     /// achieved weight bandwidth.
+    /// Only the depformer steps a step runs count (PersonaPlex: 8 of 16).
     pub fn streamed_params(&self) -> usize {
+        let (run, steps) = (self.agent_streams(), self.dep_q);
+        let step_of = |n: &str| -> Option<usize> {
+            let rest = ["depformer_in.", "linears."].iter().find_map(|p| n.strip_prefix(p)).or_else(|| n.split(".gating.").nth(1))?;
+            rest.split('.').next()?.parse().ok()
+        };
         self.pytorch_layout_tensors()
             .iter()
             .filter(|(n, _)| !n.contains("emb"))
-            .map(|(_, s)| s.iter().product::<usize>())
+            .filter(|(n, _)| step_of(n).is_none_or(|k| k < run))
+            .map(|(n, s)| {
+                let all = s.iter().product::<usize>();
+                // The stacked per-step attention weights: only the steps run are read.
+                if n.starts_with("depformer.layers.") && n.contains("self_attn") { all / steps * run } else { all }
+            })
             .sum()
     }
 

@@ -9,6 +9,12 @@
 //! The input of step n is X_k[n], or the stream's initial token while n ≤ D_k. Step n returns
 //! nothing while n < M, then X_k[n + 1 − M + D_k] for each generated stream: the tokens of time
 //! index n − M, all streams aligned.
+//!
+//! Any position of any stream can also be *forced* (PersonaPlex's prompts, the reference's
+//! "provided" mask): [`DelayBuffer::force`] writes a token there and marks it, and a forced token
+//! is never overwritten, neither by what a step samples nor by the user's codes. Marks belong to
+//! a position, not to its ring slot: a slot taken over by a later position starts unmarked, and
+//! `reset_row` clears a row's marks.
 
 use crate::error::{EngineError, Result};
 
@@ -29,6 +35,10 @@ pub struct DelayBuffer {
     starts: Vec<usize>,
     /// Per row, whether the last `record` returned its tokens.
     ready: Vec<bool>,
+    /// Same layout as `hist`: the token there was forced.
+    forced: Vec<bool>,
+    /// `slot · B + row`: the row position the slot holds now (`usize::MAX`: none).
+    slot_pos: Vec<usize>,
 }
 
 impl DelayBuffer {
@@ -55,7 +65,62 @@ impl DelayBuffer {
             step: 0,
             starts: vec![0; batch],
             ready: vec![false; batch],
+            forced: vec![false; ring * delays.len() * batch],
+            slot_pos: vec![usize::MAX; ring * batch],
         })
+    }
+
+    /// Make position `p` of row `row` the one its slot holds: a slot still holding an older
+    /// position is cleared (tokens and marks) first.
+    fn claim(&mut self, p: usize, row: usize) {
+        let slot = p % self.ring;
+        if self.slot_pos[slot * self.batch + row] != p {
+            self.slot_pos[slot * self.batch + row] = p;
+            for k in 0..self.delays.len() {
+                let i = self.at(p, k, row);
+                self.hist[i] = 0;
+                self.forced[i] = false;
+            }
+        }
+    }
+
+    /// Force stream `stream` of row `row` to `token` at position `pos` (counted from the row's
+    /// start, as `row_step`). Positions from the next step's input to the furthest one a step
+    /// writes can be forced: `row_step ..= row_step + max(M, 1)`. A later force of the same
+    /// position replaces an earlier one.
+    pub fn force(&mut self, row: usize, pos: usize, stream: usize, token: i64) -> Result<()> {
+        if row >= self.batch || stream >= self.delays.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "force: row {row} of {}, stream {stream} of {}",
+                self.batch,
+                self.delays.len()
+            )));
+        }
+        let n = self.row_step(row);
+        let last = n + self.max_delay().max(1);
+        if pos < n || pos > last {
+            return Err(EngineError::InvalidInput(format!(
+                "force: position {pos} of row {row} is outside the positions a step can still read ({n}..={last})"
+            )));
+        }
+        self.claim(pos, row);
+        let i = self.at(pos, stream, row);
+        self.hist[i] = token;
+        self.forced[i] = true;
+        Ok(())
+    }
+
+    /// The forced token of stream `stream` at position `pos` of row `row`, if there is one.
+    pub fn forced(&self, row: usize, pos: usize, stream: usize) -> Option<i64> {
+        let slot = pos % self.ring;
+        (self.slot_pos[slot * self.batch + row] == pos && self.forced[self.at(pos, stream, row)])
+            .then(|| self.hist[self.at(pos, stream, row)])
+    }
+
+    /// The forced token of stream `stream` at the position the next step samples (its target,
+    /// `row_step + 1`), if there is one.
+    pub fn forced_target(&self, row: usize, stream: usize) -> Option<i64> {
+        self.forced(row, self.row_step(row) + 1, stream)
     }
 
     /// Row `row` starts a new stream at the next step (its history is never read again: every
@@ -66,6 +131,9 @@ impl DelayBuffer {
         }
         self.starts[row] = self.step;
         self.ready[row] = false;
+        for slot in 0..self.ring {
+            self.slot_pos[slot * self.batch + row] = usize::MAX;
+        }
         Ok(())
     }
 
@@ -96,8 +164,8 @@ impl DelayBuffer {
         ((p % self.ring) * self.delays.len() + k) * self.batch + row
     }
 
-    /// Write the user's codes of this step ([B, K − G] row-major) and return the model input
-    /// of this step ([B, K] row-major).
+    /// Write the user's codes of this step ([B, K − G] row-major; not where forced) and return
+    /// the model input of this step ([B, K] row-major).
     pub fn input(&mut self, user: &[i64]) -> Result<Vec<i64>> {
         let (b, kk, g, n) = (self.batch, self.delays.len(), self.generated, self.step);
         let u = kk - g;
@@ -109,8 +177,12 @@ impl DelayBuffer {
         }
         for j in 0..u {
             for row in 0..b {
-                let i = self.at(self.row_step(row) + self.delays[g + j], g + j, row);
-                self.hist[i] = user[row * u + j];
+                let p = self.row_step(row) + self.delays[g + j];
+                self.claim(p, row);
+                let i = self.at(p, g + j, row);
+                if !self.forced[i] {
+                    self.hist[i] = user[row * u + j];
+                }
             }
         }
         let mut input = vec![0i64; b * kk];
@@ -124,17 +196,21 @@ impl DelayBuffer {
         Ok(input)
     }
 
-    /// Record what this step sampled ([B, G] row-major), advance, and return the aligned
-    /// output ([B, G] row-major) once the delays are filled.
+    /// Record what this step sampled ([B, G] row-major; not where forced), advance, and return
+    /// the aligned output ([B, G] row-major) once the delays are filled.
     pub fn record(&mut self, sampled: &[i64]) -> Result<Option<Vec<i64>>> {
         let (b, g, n) = (self.batch, self.generated, self.step);
         if sampled.len() != b * g {
             return Err(EngineError::InvalidInput(format!("step {n}: {} sampled tokens, expected {b} × {g}", sampled.len())));
         }
         for row in 0..b {
+            let p = self.row_step(row) + 1;
+            self.claim(p, row);
             for k in 0..g {
-                let i = self.at(self.row_step(row) + 1, k, row);
-                self.hist[i] = sampled[row * g + k];
+                let i = self.at(p, k, row);
+                if !self.forced[i] {
+                    self.hist[i] = sampled[row * g + k];
+                }
             }
         }
         let m = self.max_delay();

@@ -64,9 +64,10 @@ fn fresh(t: &Tensor) -> Result<Tensor> {
 
 impl LmModel {
     /// The chain (see the module docs) through `sampler`'s calls: call 0 the text token, call
-    /// 1 + k depformer step k. Returns the depformer steps' logits [B, 1, card] each.
+    /// 1 + k depformer step k, for the model's own codebooks only (PersonaPlex's depformer also
+    /// predicts the user's, which nothing keeps). Returns those steps' logits [B, 1, card] each.
     pub(super) fn depformer_chain(&self, out: &Tensor, text_logits: &Tensor, sampler: &FrameSampler) -> Result<Vec<Tensor>> {
-        let dq = self.config().dep_q;
+        let dq = self.config().agent_streams();
         let mut prev = sampler.sample(text_logits, 0)?;
         // The depformer's cache is one frame deep: always in the model's dtype.
         let mut dstate = TransformerState::default();

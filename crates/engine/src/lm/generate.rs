@@ -2,12 +2,20 @@
 //! token and audio codes out, with the per-stream delays kept by [`DelayBuffer`] (the alignment
 //! is written down there and in docs/lm.md). Per step: the temporal model reads the step's
 //! input, the text token is sampled from its head, then the depformer samples the model's
-//! codebooks one after the other, each step reading the token sampled just before.
+//! codebooks one after the other, each step reading the token chosen just before.
+//!
+//! Forced tokens (PersonaPlex's prompts, `lm::prompt`): where the position a step fills (its
+//! target) holds a forced token, nothing is sampled there and the depformer's next step reads the
+//! forced token instead of a sample, as the reference's PersonaPlex LMGen does. The depformer
+//! runs only the steps whose tokens are kept: the model's own codebooks (8). PersonaPlex's
+//! depformer has 16 steps, 8–15 predicting the user's codebooks, which are always given and so
+//! never kept; `LmGenState::set_all_depformer_steps` runs them too (tests prove the tokens equal).
 
 use candle_core::{DType, Tensor};
 
 use super::delays::DelayBuffer;
 use super::model::LmModel;
+use super::prompt::PromptRun;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
 use super::frame_graph::{DepformerGraph, GraphState};
@@ -47,6 +55,10 @@ pub struct LmGenState {
     rows: Vec<(GenConfig, SeededNoise)>,
     /// The depformer's CUDA graph and its buffers, with `options.cuda_graphs` (`frame_graph`).
     graph: Option<DepformerGraph>,
+    /// Per row, the prompt it is being fed (`LmModel::start_prompt`), until its last frame.
+    pub(super) prompts: Vec<Option<PromptRun>>,
+    /// Run every depformer step (PersonaPlex: 16) instead of only those whose tokens are kept.
+    all_depformer_steps: bool,
 }
 
 impl LmGenState {
@@ -62,12 +74,64 @@ impl LmGenState {
         self.tokens.reset_row(row)?;
         self.temporal.reset_row(row, b);
         self.rows[row] = (cfg, SeededNoise::new(seed));
+        self.prompts[row] = None;
         Ok(())
+    }
+
+    /// Run all of the depformer's steps (PersonaPlex: 16, the last 8 predicting the user's
+    /// codebooks, whose tokens are never kept) instead of only the model's own codebooks' (8, the
+    /// default). The tokens are the same either way (tests/personaplex_engine.rs); where a user
+    /// codebook is not given yet the extra steps read their argmax, drawing no noise. Frames with
+    /// all steps are sampled on the host.
+    pub fn set_all_depformer_steps(&mut self, all: bool) {
+        self.all_depformer_steps = all;
+    }
+
+    /// Whether row `row` is still being fed its prompt.
+    pub fn prompting(&self, row: usize) -> bool {
+        self.prompts.get(row).is_some_and(|p| p.is_some())
+    }
+
+    /// The tokens of the delay ring (for the prompt runner).
+    pub(super) fn tokens_mut(&mut self) -> &mut DelayBuffer {
+        &mut self.tokens
+    }
+
+    pub(super) fn tokens(&self) -> &DelayBuffer {
+        &self.tokens
+    }
+
+    pub(super) fn temporal_mut(&mut self) -> &mut TransformerState {
+        &mut self.temporal
     }
 
     /// Steps taken by row `row` since its start.
     pub fn row_step(&self, row: usize) -> usize {
         self.tokens.row_step(row)
+    }
+
+    /// Sample one token per row, with each row's own settings and noise when it has them; rows
+    /// whose token is forced (`forced[row]` Some) take it and draw no noise. Rows sharing one
+    /// noise source are sampled together unless every one is forced.
+    fn sample_or_forced(&mut self, logits: &[f32], b: usize, text: bool, forced: &[Option<i64>], what: &str) -> Result<Vec<i64>> {
+        if forced.iter().all(|f| f.is_some()) {
+            return Ok(forced.iter().map(|f| f.unwrap_or(0)).collect());
+        }
+        let vocab = logits.len() / b;
+        let sampled: Vec<u32> = if self.rows.is_empty() || forced.iter().all(|f| f.is_none()) {
+            self.sample(logits, b, text, what)?
+        } else {
+            let pick = |c: &GenConfig| if text { c.text } else { c.audio };
+            let mut out = vec![0u32; b];
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                if forced[r].is_none() {
+                    let (cfg, noise) = &mut self.rows[r];
+                    out[r] = sample(row, 1, &pick(cfg), noise, &format!("{what}, row {r}"))?[0];
+                }
+            }
+            out
+        };
+        Ok(sampled.iter().zip(forced).map(|(&s, f)| f.unwrap_or(s as i64)).collect())
     }
 
     /// Sample one token per row, with each row's own settings and noise when it has them.
@@ -182,23 +246,30 @@ impl LmGenState {
 /// What one step produced.
 #[derive(Debug, Clone)]
 pub struct StepOut {
-    /// [B, 1 + dep_q] row-major: text and model audio tokens of time index `step − M`; `None`
-    /// while the delays fill (the first M steps) of every row.
+    /// [B, 1 + agent] row-major (agent = the model's own audio codebooks, `agent_streams`): text
+    /// and model audio tokens of time index `step − M`; `None` while the delays fill (the first M
+    /// steps) of every row.
     pub tokens: Option<Vec<i64>>,
     /// [B]: whether the row's `tokens` are real (rows that joined later fill their delays later;
-    /// their tokens are zeros until then).
+    /// their tokens are zeros until then; a row being prompted has none until its prompt's last
+    /// frame, which returns the prompt's last forced frame).
     pub ready: Vec<bool>,
-    /// [B, 1 + n_q] row-major: what the temporal model read at this step.
+    /// [B, 1 + n_q] row-major: what the temporal model read at this step (for a row given an
+    /// input embedding instead, the tokens it would have read).
     pub input: Vec<i64>,
-    /// [B]: the text token sampled at this step.
+    /// [B]: the text token this step chose for its target position (forced, or sampled).
     pub text: Vec<u32>,
-    /// [B, dep_q] row-major: the audio tokens sampled at this step.
+    /// [B, agent] row-major: the audio tokens this step chose (forced, or sampled).
     pub audio: Vec<u32>,
+    /// [B]: the row's step was a prompt frame.
+    pub prompting: Vec<bool>,
+    /// [B]: the row's prompt ended with this step (its next step is the conversation's first).
+    pub prompt_done: Vec<bool>,
     /// [B, 1, dim]: temporal output after `out_norm`.
     pub transformer_out: Tensor,
     /// [B, 1, text_card]
     pub text_logits: Tensor,
-    /// Per depformer step: [B, 1, card].
+    /// Per depformer step run: [B, 1, card].
     pub depformer_logits: Vec<Tensor>,
     /// Wall time of the temporal part (embeddings, transformer, text head and sampling; it
     /// ends with the text logits on the host) and of the depformer's steps, in ms.
@@ -208,6 +279,16 @@ pub struct StepOut {
 
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// What the prompt runner decided for one step (see `lm::prompt`).
+#[derive(Default)]
+pub(super) struct PromptStep {
+    /// Per row: an input embedding [1, 1, dim] replacing the token embeddings' sum.
+    pub embeddings: Vec<Option<Tensor>>,
+    /// Per row: the step is a prompt frame / its prompt's last.
+    pub prompting: Vec<bool>,
+    pub last: Vec<bool>,
 }
 
 impl LmModel {
@@ -221,9 +302,10 @@ impl LmModel {
     pub fn new_state_with_noise(&self, batch: usize, cfg: GenConfig, noise: Box<dyn Noise>, options: &RunOptions) -> Result<LmGenState> {
         let c = self.config();
         let initial: Vec<i64> = (0..c.num_streams()).map(|k| self.initial_token(k)).collect();
-        let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.dep_q, batch)?;
+        let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.agent_streams(), batch)?;
         let temporal = TransformerState::new(options.kv_cache);
-        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None })
+        let prompts = (0..batch).map(|_| None).collect();
+        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, prompts, all_depformer_steps: false })
     }
 
     /// `batch` conversation slots stepped together, each row with its own settings and seeded
@@ -240,20 +322,31 @@ impl LmModel {
         self.config().delays.iter().copied().max().unwrap_or(0)
     }
 
-    /// One streaming step. `user` holds the user's audio codes of this step, [B, n_q − dep_q]
-    /// row-major (Mimi's codes of the latest 80 ms frame).
+    /// One streaming step. `user` holds the user's audio codes of this step, [B, user streams]
+    /// row-major (Mimi's codes of the latest 80 ms frame); a row being prompted ignores its codes.
     pub fn step(&self, st: &mut LmGenState, user: &[i64]) -> Result<StepOut> {
         let cfg = self.config();
-        let (b, kk, dq, n) = (st.batch(), cfg.num_streams(), cfg.dep_q, st.step_index());
+        let (b, kk, n) = (st.batch(), cfg.num_streams(), st.step_index());
         if let Some(bad) = user.iter().find(|&&c| c < 0 || c >= cfg.card as i64) {
             return Err(EngineError::InvalidInput(format!("step {n}: user code {bad} outside [0, {})", cfg.card)));
         }
         let t0 = std::time::Instant::now();
+        let prompt = self.apply_prompts(st)?;
         let input = st.tokens.input(user)?;
         let device = self.temporal_device();
-        let t_out = self.temporal().step_host(&input, b, &mut st.temporal, &mut |_, _| Ok(()))?;
+        let t_out = if prompt.embeddings.iter().any(|e| e.is_some()) {
+            let x = self.input_embedding(&input, &prompt, b)?;
+            self.temporal().step_embedded(&x, &mut st.temporal, &mut |_, _| Ok(()))?
+        } else {
+            self.temporal().step_host(&input, b, &mut st.temporal, &mut |_, _| Ok(()))?
+        };
         let vocab = [cfg.text_card, cfg.card];
-        if device_sampling(&device, &st.options, st.frame_top_k(vocab)) {
+        // The device sampler knows no forced tokens: any frame where some row is being prompted
+        // or has a forced token to fill, or that runs every depformer step, is sampled on the
+        // host (after a prompt, conversation frames have none and go back to the device).
+        let forced_any = (0..b).any(|r| (0..=cfg.agent_streams()).any(|k| st.tokens.forced_target(r, k).is_some()));
+        let host_only = forced_any || prompt.prompting.iter().any(|&p| p) || st.all_depformer_steps;
+        if !host_only && device_sampling(&device, &st.options, st.frame_top_k(vocab)) {
             return self.sample_on_device(st, input, t_out, t0, vocab);
         }
         let logits = to_f32_vec(&t_out.text_logits)?;
@@ -261,16 +354,22 @@ impl LmModel {
             let tokens = Tensor::from_vec(input.clone(), (b, kk, 1), &device)?;
             return Err(self.locate_non_finite(st, &tokens, "text logits"));
         }
-        let text = st.sample(&logits, b, true, &format!("step {n}, text"))?;
+        let forced: Vec<Option<i64>> = (0..b).map(|r| st.tokens.forced_target(r, 0)).collect();
+        let text = st.sample_or_forced(&logits, b, true, &forced, &format!("step {n}, text"))?;
         let temporal_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = std::time::Instant::now();
 
         // The depformer's cache is one frame deep: always in the model's dtype.
+        let agent = cfg.agent_streams();
+        let steps = if st.all_depformer_steps { cfg.dep_q } else { agent };
         let mut dstate = TransformerState::default();
-        let mut prev: Vec<i64> = text.iter().map(|&t| t as i64).collect();
-        let mut audio = vec![0u32; b * dq];
-        let mut depformer_logits = Vec::with_capacity(dq);
-        for k in 0..dq {
+        let mut prev = text.clone();
+        let mut sampled = vec![0i64; b * (1 + agent)];
+        for row in 0..b {
+            sampled[row * (1 + agent)] = text[row];
+        }
+        let mut depformer_logits = Vec::with_capacity(steps);
+        for k in 0..steps {
             let shifted: Vec<u32> = prev.iter().map(|&t| (t + 1) as u32).collect();
             let prev_t = Tensor::from_vec(shifted, (b, 1), &device)?;
             let l = self.depformer().step_shifted(k, &t_out.out, &prev_t, &mut dstate)?;
@@ -280,23 +379,40 @@ impl LmModel {
                     "step {n}: non-finite logits at depformer step {k} (codebook {k}); the temporal output was finite"
                 )));
             }
-            let a = st.sample(&lv, b, false, &format!("step {n}, depformer step {k}"))?;
-            for row in 0..b {
-                audio[row * dq + k] = a[row];
-                prev[row] = a[row] as i64;
+            let forced: Vec<Option<i64>> = (0..b).map(|r| st.tokens.forced_target(r, 1 + k)).collect();
+            prev = if k < agent {
+                st.sample_or_forced(&lv, b, false, &forced, &format!("step {n}, depformer step {k}"))?
+            } else {
+                // A user codebook: never kept; the argmax where not given yet (no noise drawn).
+                let best = sample(&lv, b, &SamplingConfig::greedy(), &mut super::sampling::NoNoise, "user codebook")?;
+                best.iter().zip(&forced).map(|(&t, f)| f.unwrap_or(t as i64)).collect()
+            };
+            if k < agent {
+                for row in 0..b {
+                    sampled[row * (1 + agent) + 1 + k] = prev[row];
+                }
             }
             depformer_logits.push(l);
         }
-        let mut sampled = vec![0i64; b * (1 + dq)];
-        for row in 0..b {
-            sampled[row * (1 + dq)] = text[row] as i64;
-            for k in 0..dq {
-                sampled[row * (1 + dq) + 1 + k] = audio[row * dq + k] as i64;
-            }
-        }
         let depformer_ms = t1.elapsed().as_secs_f64() * 1e3;
         let times = (temporal_ms, depformer_ms);
-        Self::finish_step(st, input, sampled, t_out, depformer_logits, times)
+        Self::finish_step(st, input, sampled, t_out, depformer_logits, times, prompt)
+    }
+
+    /// The temporal input [B, 1, dim] of a step: the tokens' summed embeddings, or for rows given
+    /// an input embedding by their prompt, that embedding.
+    pub(super) fn input_embedding(&self, input: &[i64], prompt: &PromptStep, b: usize) -> Result<Tensor> {
+        let x = self.temporal().embed_host(input, b)?;
+        if prompt.embeddings.iter().all(|e| e.is_none()) {
+            return Ok(x);
+        }
+        let rows = (0..b)
+            .map(|r| match &prompt.embeddings[r] {
+                Some(e) => Ok(e.to_dtype(x.dtype())?),
+                None => Ok(x.narrow(0, r, 1)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
     }
 
     /// The sampling half of `step` with the device sampler (`exec::sampler`): the frame's noise
@@ -305,7 +421,7 @@ impl LmModel {
     /// temporal time ends before the text token is sampled. The same tokens as the host path for the same noise; a non-finite
     /// logit is reported as there (the text's first), found through the kernel's flags.
     fn sample_on_device(&self, st: &mut LmGenState, input: Vec<i64>, t_out: super::temporal::TemporalOut, t0: std::time::Instant, vocab: [usize; 2]) -> Result<StepOut> {
-        let (b, dq, n) = (st.batch(), self.config().dep_q, st.step_index());
+        let (b, dq, n) = (st.batch(), self.config().agent_streams(), st.step_index());
         let calls = st.draw_frame(vocab, 1 + dq)?;
         let device = self.temporal_device();
         let temporal_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -329,10 +445,12 @@ impl LmModel {
         }
         let sampled: Vec<i64> = got.tokens.iter().map(|&t| t as i64).collect();
         let times = (temporal_ms, t1.elapsed().as_secs_f64() * 1e3);
-        Self::finish_step(st, input, sampled, t_out, depformer_logits, times)
+        let prompt = PromptStep { embeddings: vec![None; b], prompting: vec![false; b], last: vec![false; b] };
+        Self::finish_step(st, input, sampled, t_out, depformer_logits, times, prompt)
     }
 
-    /// Record a step's sampled tokens [B, 1 + dep_q] in the delay ring and make its `StepOut`.
+    /// Record a step's tokens [B, 1 + agent] in the delay ring (where not forced) and make its
+    /// `StepOut`; rows being prompted are not ready before their prompt's last frame.
     fn finish_step(
         st: &mut LmGenState,
         input: Vec<i64>,
@@ -340,19 +458,37 @@ impl LmModel {
         t_out: super::temporal::TemporalOut,
         depformer_logits: Vec<Tensor>,
         (temporal_ms, depformer_ms): (f64, f64),
+        prompt: PromptStep,
     ) -> Result<StepOut> {
         let cols = sampled.len() / st.batch();
         let text = sampled.iter().step_by(cols).map(|&t| t as u32).collect();
         let audio = sampled.chunks(cols).flat_map(|r| r[1..].iter().map(|&t| t as u32)).collect();
-        let tokens = st.tokens.record(&sampled)?;
+        let mut tokens = st.tokens.record(&sampled)?;
+        let mut ready = st.tokens.ready().to_vec();
+        for (r, ready) in ready.iter_mut().enumerate() {
+            if prompt.prompting[r] && !prompt.last[r] {
+                *ready = false;
+                if let Some(t) = tokens.as_mut() {
+                    t[r * cols..(r + 1) * cols].iter_mut().for_each(|x| *x = 0);
+                }
+            }
+            if prompt.last[r] {
+                st.prompts[r] = None;
+            }
+        }
+        if !ready.iter().any(|&r| r) {
+            tokens = None;
+        }
         Ok(StepOut {
             temporal_ms,
             depformer_ms,
             tokens,
-            ready: st.tokens.ready().to_vec(),
+            ready,
             input,
             text,
             audio,
+            prompting: prompt.prompting,
+            prompt_done: prompt.last,
             transformer_out: t_out.out,
             text_logits: t_out.text_logits,
             depformer_logits,

@@ -9,12 +9,14 @@ pub mod depformer;
 pub mod frame_graph;
 pub mod generate;
 pub mod model;
+pub mod prompt;
 pub mod random;
 pub mod sampling;
 pub mod temporal;
 
-pub use config::LmConfig;
+pub use config::{LmConfig, PersonaPlexConfig};
 pub use frame_graph::GraphState;
 pub use generate::{GenConfig, LmGenState, StepOut};
+pub use prompt::{LmPrompt, VoiceEmbeddings, VoicePrompt};
 pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};
 pub use sampling::{Noise, ReplayNoise, SamplingConfig, SeededNoise};

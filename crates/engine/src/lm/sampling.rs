@@ -94,6 +94,15 @@ impl Noise for SeededNoise {
     }
 }
 
+/// No noise at all: for greedy sampling, which draws none (a draw is an error).
+pub struct NoNoise;
+
+impl Noise for NoNoise {
+    fn fill(&mut self, _rows: usize, _k: usize, _out: &mut Vec<f32>) -> Result<()> {
+        Err(EngineError::InvalidInput("a sampling call without a noise source drew noise".into()))
+    }
+}
+
 /// Recorded noise, replayed in the order it was recorded, each block checked for its size.
 #[derive(Default)]
 pub struct ReplayNoise {
@@ -145,7 +154,7 @@ impl Noise for ReplayNoise {
 /// correctly rounded e^x except where the true value lies within ~1e-14 of a rounding boundary
 /// (1 of 160 million f32 inputs in [−104, 0]; glibc's expf differs from it on 1 in 11 500).
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f64 = 1.4426950408889634;
+    const LOG2E: f64 = std::f64::consts::LOG2_E; // 1.4426950408889634
     const LN2_HI: f64 = 0.6931467056274414; // ln 2 with its last 32 bits zero
     const LN2_LO: f64 = 4.7493250387997676e-07;
     const INV_FACT: [f64; 12] = [
@@ -188,7 +197,7 @@ fn argmax(v: &[f32]) -> usize {
 /// Sample one token per row of `logits` (row-major [rows, vocab], f32). NaN logits are an
 /// error naming `what` and the row.
 pub fn sample(logits: &[f32], rows: usize, cfg: &SamplingConfig, noise: &mut dyn Noise, what: &str) -> Result<Vec<u32>> {
-    if rows == 0 || logits.len() % rows != 0 {
+    if rows == 0 || !logits.len().is_multiple_of(rows) {
         return Err(EngineError::InvalidInput(format!("{what}: {} logits for {rows} rows", logits.len())));
     }
     let vocab = logits.len() / rows;

@@ -218,8 +218,29 @@ impl Temporal {
         state: &mut TransformerState,
         inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<TemporalOut> {
-        let x = self.embeddings.forward_host(tokens, b, &self.device())?;
-        self.head(self.transformer.step_inspect(&x, state, inspect)?)
+        let x = self.embed_host(tokens, b)?;
+        self.step_embedded(&x, state, inspect)
+    }
+
+    /// The summed input embedding [B, 1, dim] of one step's tokens on the host ([B, K]
+    /// row-major): what `step_host` feeds the transformer (the reference's `embed_codes`).
+    pub fn embed_host(&self, tokens: &[i64], b: usize) -> Result<Tensor> {
+        self.embeddings.forward_host(tokens, b, &self.device())
+    }
+
+    /// One streaming step from input embeddings `x` [B, 1, dim] instead of tokens (the
+    /// reference's `forward_embeddings`: PersonaPlex's voice presets hold them).
+    pub fn step_embedded(
+        &self,
+        x: &Tensor,
+        state: &mut TransformerState,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<TemporalOut> {
+        self.head(self.transformer.step_inspect(x, state, inspect)?)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.text_linear.weight().dtype()
     }
 
     pub fn device(&self) -> candle_core::Device {

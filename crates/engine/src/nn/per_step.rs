@@ -26,6 +26,7 @@ impl<M> PerStep<M> {
         Self { items: vec![m], per_step: false }
     }
 
+    #[allow(clippy::self_named_constructors)] // the other form is `shared`
     pub fn per_step(items: Vec<M>) -> Self {
         Self { items, per_step: true }
     }

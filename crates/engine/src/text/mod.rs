@@ -6,6 +6,7 @@
 //! inference time.
 
 mod decode;
+mod encode;
 mod model;
 mod stream;
 

@@ -37,18 +37,29 @@ mod proto {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct TrainerSpec {
+        /// `ModelType`: 1 unigram (the default), 2 BPE, 3 word, 4 char.
+        #[prost(int32, optional, tag = "3")]
+        pub model_type: Option<i32>,
+        #[prost(bool, optional, tag = "35")]
+        pub byte_fallback: Option<bool>,
         #[prost(string, optional, tag = "44")]
         pub unk_surface: Option<String>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct NormalizerSpec {
+        /// The normalization rules (e.g. NFKC) compiled into a trie; empty for "identity".
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub precompiled_charsmap: Option<Vec<u8>>,
         /// Defaults to true when absent (proto2 default).
         #[prost(bool, optional, tag = "3")]
         pub add_dummy_prefix: Option<bool>,
         /// Defaults to true when absent (proto2 default).
         #[prost(bool, optional, tag = "4")]
         pub remove_extra_whitespaces: Option<bool>,
+        /// Defaults to true when absent (proto2 default).
+        #[prost(bool, optional, tag = "5")]
+        pub escape_whitespaces: Option<bool>,
     }
 }
 
@@ -112,6 +123,8 @@ pub struct Tokenizer {
     strip_leading_space: bool,
     /// `remove_extra_whitespaces`: keep dropping leading `▁` while nothing has been output.
     strip_all_leading_space: bool,
+    /// Text → ids (`super::encode`).
+    encoder: super::encode::Encoder,
 }
 
 impl Tokenizer {
@@ -211,12 +224,25 @@ impl Tokenizer {
             return Err(err("invalid SentencePiece model: no unknown piece (<unk>) is defined".into()));
         }
 
-        let unk_surface =
-            proto.trainer_spec.and_then(|t| t.unk_surface).unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_owned());
-        let spec = proto.normalizer_spec.unwrap_or_default();
+        let trainer = proto.trainer_spec.clone().unwrap_or_default();
+        let unk_surface = trainer.unk_surface.clone().unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_owned());
+        let spec = proto.normalizer_spec.clone().unwrap_or_default();
         let add_dummy_prefix = spec.add_dummy_prefix.unwrap_or(true);
         let remove_extra_whitespaces = spec.remove_extra_whitespaces.unwrap_or(true);
+        let encoder = super::encode::Encoder::new(
+            proto.pieces.iter().map(|p| (p.piece.as_deref().unwrap_or_default(), p.score.unwrap_or(0.0), p.kind.unwrap_or(1))),
+            super::encode::Options {
+                unigram: trainer.model_type.unwrap_or(1) == 1,
+                byte_fallback: trainer.byte_fallback.unwrap_or(false),
+                add_dummy_prefix,
+                remove_extra_whitespaces,
+                escape_whitespaces: spec.escape_whitespaces.unwrap_or(true),
+                charsmap: spec.precompiled_charsmap.clone().filter(|c| !c.is_empty()),
+            },
+        )
+        .map_err(err)?;
         Ok(Self {
+            encoder,
             pieces,
             unk_surface,
             strip_leading_space: add_dummy_prefix || remove_extra_whitespaces,
@@ -275,6 +301,13 @@ impl Tokenizer {
         }
         state.finish(&mut out);
         out
+    }
+
+    /// Text → ids as SentencePiece's `EncodeAsIds` with default options (no BOS/EOS): the
+    /// model's normalization, then the most likely segmentation (unigram models). See
+    /// `text::encode` for what is covered.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encoder.encode(text)
     }
 
     /// Like [`Self::decode`], but an id outside the vocabulary is an error naming it.
