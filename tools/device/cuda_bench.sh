@@ -6,14 +6,25 @@
 #   ops      verify ops --device cuda
 #   b1       batch 1: LM bench (breakdown) and the whole pipeline, model-dtype and 8-bit KV cache
 #   ref      the reference, batch 1 (and REF_BATCH), same call
+#   refc     the reference, batch 1, with torch.compile (NO_TORCH_COMPILE unset: any value disables it)
 #   sweep    conversations per GPU: the serve step (slots) at the full 3000-step context
 #   model    verify model on the full-size random model (CPU f32 reference), bf16 + 8-bit KV
+#   quick    verify model on a 2-layer full-width random model, f32 and bf16 (a minute)
+#   sampler  batch 1 with the host sampler, beside b1's device sampler
+#   eager    batch 1 (LM bench and whole pipeline) with --cuda-graphs off, beside b1 (graphs on)
+#   scale    LM step breakdown (per temporal layer, synchronised) at B=96 and 128, full context, 8-bit KV
+#   startup  write a random full-size 7B to the local disk once, then time `run` from there
+#            (launch → first frame), page cache dropped first where allowed, then warm
 set -uo pipefail
 B=${B:-.device/moshi-rs}
 OUT=${OUT:-/tmp/out}
 PARTS=${PARTS:-ops b1 ref}
 FRAMES=${FRAMES:-100}
+# Everything is written under $OUT/raw and packed into $OUT/raw.tgz at the end (the device
+# tool brings back only a few files per call).
+FINAL=$OUT; OUT=$FINAL/raw
 mkdir -p "$OUT"
+trap 'tar czf "$FINAL/raw.tgz" -C "$FINAL" raw && rm -rf "$OUT"' EXIT
 [ -f "$B.gz" ] && gunzip -f "$B.gz"
 chmod +x "$B"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
@@ -41,6 +52,12 @@ ref)
   NO_TORCH_COMPILE=${NO_TORCH_COMPILE:-1} python3 tools/bench/reference_gpu.py --batch "${REF_BATCH:-1}" --frames "$FRAMES" --warmup 10 \
     > "$OUT/reference.txt" 2>&1
   echo "== reference: rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^\{|Error" "$OUT/reference.txt" ;;
+refc)
+  python3 -m pip install --no-deps --quiet .device/moshi-0.2.13-py3-none-any.whl 2>&1 | tail -3
+  t0=$(date +%s)
+  env -u NO_TORCH_COMPILE python3 tools/bench/reference_gpu.py --batch 1 --frames "$FRAMES" --warmup 10 \
+    > "$OUT/reference_compiled.txt" 2>&1
+  echo "== reference compiled: rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^\{|Error" "$OUT/reference_compiled.txt" ;;
 sweep)
   run sweep_int8 bench --model random --device cuda --dtype bf16 --slots --context-fill 3000 --kv-cache int8 \
     --batch "${SWEEP:-1,8,32,64,80,96,128,160}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
@@ -48,6 +65,35 @@ sweep)
   run sweep_bf16 bench --model random --device cuda --dtype bf16 --slots --context-fill 3000 --kv-cache model \
     --batch "${SWEEP_BF16:-1,8,32,64,80}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
   grep "^{" "$OUT/sweep_bf16.txt" ;;
+quick)
+  run verify_model_random2_f32 verify model --model random:2 --device cuda --dtype f32 --frames 8
+  # 40 frames: bf16's greedy-agreement bound (90%) means little over 8 tokens (one near-tie of
+  # random weights is 12.5%).
+  run verify_model_random2_bf16 verify model --model random:2 --device cuda --dtype bf16 --frames 40 ;;
+sampler)
+  run bench_b1_host_sampler bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --sampler host --json
+  grep "^{" "$OUT/bench_b1_host_sampler.txt" ;;
+eager)
+  run lm_bench_b1_eager lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10 --cuda-graphs off
+  grep "^{" "$OUT/lm_bench_b1_eager.txt" | tail -c 700; echo
+  run bench_b1_eager bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --cuda-graphs off --json
+  grep "^{" "$OUT/bench_b1_eager.txt" ;;
+scale)
+  for b in ${SCALE:-96 128}; do
+    run lm_bench_b${b}_int8 lm bench --device cuda --dtype bf16 --layers 32 --steps 10 --warmup 2 --batch $b --context-fill 3000 --kv-cache int8
+    grep "^{" "$OUT/lm_bench_b${b}_int8.txt" | tail -c 900; echo
+  done ;;
+startup)
+  DIR=${STARTUP_DIR:-/tmp/moshi-random-7b}
+  run write_random lm write-random "$DIR" --device cuda --dtype bf16
+  tail -1 "$OUT/write_random.txt"; du -sh "$DIR"
+  for pass in cold warm; do
+    [ $pass = cold ] && { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && echo "page cache dropped" || echo "page cache not dropped (not allowed)"; }
+    t0=$(date +%s.%N)
+    "$B" run assets/hello.wav "/tmp/startup_$pass.wav" --summary "$OUT/startup_$pass.json" --model "$DIR" --device cuda --dtype bf16 --max-steps 5 > "$OUT/startup_$pass.txt" 2>&1
+    echo "== startup $pass: rc=$? wall $(python3 -c "import sys,time; print(round(time.time() - float(sys.argv[1]), 2))" "$t0") s"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['startup_s']))" "$OUT/startup_$pass.json"
+  done ;;
 model)
   LIMIT=${VERIFY_LIMIT:-300} run verify_model_7b verify model --model random:32 --device cuda --dtype bf16 \
     --frames "${VERIFY_FRAMES:-100}" --kv-cache model,int8

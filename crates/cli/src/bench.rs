@@ -91,7 +91,7 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     let n = moshi.frame_size();
     let total = args.warmup + args.frames;
     let signal = test_signal(total * n);
-    let options = args.runtime.kv_cache.run_options();
+    let options = args.runtime.run_options();
     let mut conv = if args.slots {
         let mut c = moshi.slots(batch, &options)?;
         for row in 0..batch {
@@ -131,6 +131,9 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     json.insert("lm_weight_bandwidth_tb_s".into(), serde_json::json!(weight_bytes as f64 / (lm_med * 1e-3) / 1e12));
     json.insert("kv_cache_gb".into(), serde_json::json!(conv.cache_bytes() as f64 / 1e9));
     json.insert("kv_cache".into(), serde_json::json!(cli_name(&args.runtime.kv_cache)));
+    json.insert("sampler".into(), serde_json::json!(cli_name(&args.runtime.sampler)));
+    json.insert("cuda_graphs".into(), serde_json::json!(cli_name(&args.runtime.cuda_graphs)));
+    json.insert("graph_state".into(), serde_json::json!(format!("{:?}", conv.graph_state())));
     json.insert("context_fill".into(), serde_json::json!(args.context_fill));
     json.insert("slots".into(), serde_json::json!(args.slots));
     if let Some((used, total)) = moshi_engine::device_memory(dev) {

@@ -54,6 +54,40 @@ pub struct RuntimeArgs {
     /// memory of bf16; its accuracy is in docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "model")]
     pub kv_cache: KvCacheArg,
+    /// Where tokens are sampled: on the GPU where the model runs on one (CUDA), or on the host.
+    /// Both give the same tokens for the same seed (`verify model` checks it).
+    #[arg(long, value_enum, default_value = "device")]
+    pub sampler: SamplerArg,
+    /// On CUDA with the device sampler: replay the depformer's steps and their sampling as a
+    /// CUDA graph recorded once per conversation and shape (`off`: launch every op, as before;
+    /// the tokens are the same). No effect elsewhere.
+    #[arg(long, value_enum, default_value = "on")]
+    pub cuda_graphs: OnOff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SamplerArg {
+    /// On the model's device where it can (CUDA); on the host elsewhere.
+    Device,
+    /// Always on the host (one download of the logits per sampling call).
+    Host,
+}
+
+impl RuntimeArgs {
+    /// The run's options: the KV cache and the sampler (the device and dtype go to the loader).
+    pub fn run_options(&self) -> moshi_engine::exec::RunOptions {
+        let sampler = match self.sampler {
+            SamplerArg::Device => moshi_engine::exec::Sampler::Device,
+            SamplerArg::Host => moshi_engine::exec::Sampler::Host,
+        };
+        moshi_engine::exec::RunOptions { sampler, cuda_graphs: self.cuda_graphs == OnOff::On, ..self.kv_cache.run_options() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -147,10 +147,12 @@ impl Transcript {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let launch = Instant::now();
     let paths = args.paths()?;
     args.source.precheck()?;
     let prompt_spec = args.persona.spec()?;
     let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
+    let device_s = launch.elapsed().as_secs_f64();
 
     tracing::info!(input = %paths.input.display(), "reading the input");
     let samples = audio::load_mono_24k(&paths.input).with_context(|| format!("reading {}", paths.input.display()))?;
@@ -158,7 +160,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("{}: no audio samples", paths.input.display());
     }
 
+    let t_load = Instant::now();
     let loaded = args.source.load(dtype, &device)?;
+    let load_s = t_load.elapsed().as_secs_f64();
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);
 
@@ -177,13 +181,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     // PersonaPlex's offline pipeline gives every frame once (Kyutai's gives the first twice).
-    let mut conv = moshi.conversation(gen, args.seed, prompt.is_none(), &args.runtime.kv_cache.run_options())?;
+    let mut conv = moshi.conversation(gen, args.seed, prompt.is_none(), &args.runtime.run_options())?;
     let mut transcript = TextStream::moshi(&moshi.tokenizer);
     let mut text = String::new();
     let mut pcm_out: Vec<f32> = Vec::new();
     let mut times: Vec<StageTimes> = Vec::new();
     let mut out = Transcript::new(frames.len())?;
     let t0 = Instant::now();
+    let mut first_frame_s = None;
     let mut prompt_summary = None;
     if let Some(p) = &prompt {
         // The prompt's frames (audio in ignored); the last gives the prompt's last frame (PAD,
@@ -213,6 +218,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     for (i, frame) in frames.iter().enumerate() {
         let step = moshi.step(&mut conv, frame).with_context(|| format!("frame {i}"))?;
+        first_frame_s.get_or_insert_with(|| launch.elapsed().as_secs_f64());
         times.push(step.times);
         if let Some(pcm) = step.pcm {
             pcm_out.extend(pcm);
@@ -256,6 +262,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "device": cli_name(&args.runtime.device),
         "dtype": cli_name(&args.runtime.dtype),
         "kv_cache": cli_name(&args.runtime.kv_cache),
+        "sampler": cli_name(&args.runtime.sampler),
+        // From this command's start: the device made ready, the model read and placed on it,
+        // the first frame stepped (its output is the first the caller gets).
+        "startup_s": {"device": round3(device_s), "load": round3(load_s), "first_frame": first_frame_s.map(round3)},
         "seed": args.seed,
         "sampling": if args.sampling.greedy { serde_json::json!("greedy") } else { serde_json::to_value(gen)? },
         "input_frames": input_frames,

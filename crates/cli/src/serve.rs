@@ -72,7 +72,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allow_any_origin: args.allow_any_origin,
         tls: args.cert.zip(args.key),
         defaults,
-        options: args.runtime.kv_cache.run_options(),
+        options: args.runtime.run_options(),
         model_name: loaded.identity.clone(),
         voice_prompt_dir: args.voice_prompt_dir,
         ..ServerConfig::default()

@@ -186,11 +186,12 @@ fn verify_golden_passes_and_names_the_first_broken_stage() {
 /// temporal layer 1 on the device side it fails and names that layer first.
 #[test]
 fn verify_model_names_the_faulty_layer() {
-    // 15 whole-sequence checks, then 4 per streamed KV cache kind.
+    // 15 whole-sequence checks, 4 per streamed KV cache kind, then `lm sampled` (one row on the
+    // CPU: device vs host sampler; CUDA adds the graph row).
     let ok = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--kv-cache", "model,int8"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(stdout.contains("all 23 checks passed"), "{stdout}");
+    assert!(stdout.contains("all 24 checks passed") && stdout.contains("lm sampled"), "{stdout}");
     assert!(stdout.contains("lm streamed, 8-bit KV cache") && stdout.contains("lm streamed, model-dtype KV cache"), "{stdout}");
     let bad = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--inject-fault-layer", "1"]);
     assert!(!bad.status.success());

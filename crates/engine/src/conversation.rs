@@ -115,6 +115,11 @@ impl Conversation {
         self.lm.step_index()
     }
 
+    /// Whether the LM's depformer steps replay a CUDA graph (`lm::frame_graph`).
+    pub fn graph_state(&self) -> crate::lm::GraphState {
+        self.lm.graph_state()
+    }
+
     pub fn batch(&self) -> usize {
         self.batch
     }

@@ -103,3 +103,39 @@ pub fn build_config_on(lm_config: LmConfig, dtype: DType, device: &Device, progr
     let lm = LmModel::from_tensors(&lm_config, weights, dtype, device)?;
     Moshi::new(mimi, lm, Tokenizer::synthetic(lm_config.text_card)?)
 }
+
+/// Writes a full-size Moshi with random weights (the 7B LM with `layers` temporal layers in
+/// `dtype`, drawn on `device`; the released Mimi's names in f32; a stand-in SentencePiece model)
+/// into `dir` under the released repositories' file names, so that it loads as a folder exactly
+/// as a downloaded checkpoint does: for timing start-up from a local disk (`lm write-random`).
+/// A `config.json` is written only when `layers` differs from the 7B's 32. Returns the bytes written.
+pub fn write_random_checkpoint(dir: &std::path::Path, layers: usize, dtype: DType, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+    use crate::error::EngineError;
+    use crate::model_files::{RELEASED_LM, RELEASED_MIMI, RELEASED_TOKENIZER};
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let lm_config = LmConfig { num_layers: layers, ..LmConfig::default() };
+    let lm = crate::lm::random::random_weights_with(&lm_config, dtype, device, progress)?;
+    let mut written = 0u64;
+    let lm_path = dir.join(RELEASED_LM);
+    candle_core::safetensors::save(&lm, &lm_path)?;
+    drop(lm);
+    let mimi_path = dir.join(RELEASED_MIMI);
+    candle_core::safetensors::save(&mimi_tensors()?, &mimi_path)?;
+    let tok_path = dir.join(RELEASED_TOKENIZER);
+    std::fs::write(&tok_path, Tokenizer::synthetic_model_bytes(lm_config.text_card)).map_err(io(&tok_path))?;
+    let mut files = vec![lm_path, mimi_path, tok_path];
+    if layers != LmConfig::default().num_layers {
+        let cfg_path = dir.join("config.json");
+        let json = serde_json::to_string_pretty(&lm_config).map_err(|e| EngineError::Config { path: cfg_path.display().to_string(), msg: e.to_string() })?;
+        std::fs::write(&cfg_path, json).map_err(io(&cfg_path))?;
+        files.push(cfg_path);
+    }
+    for f in &files {
+        written += std::fs::metadata(f).map_err(io(f))?.len();
+    }
+    Ok(written)
+}

@@ -9,9 +9,10 @@ use moshi_engine::verify::ops::{self, Fault};
 use moshi_engine::verify::{first_failure, table, Check};
 
 /// The primitives the engine uses; dropping one from the check must fail this test.
-const OPS: [&str; 21] = [
+const OPS: [&str; 22] = [
     "matmul", "linear", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
     "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
+    "sample",
 ];
 
 fn groups(rows: &[Check]) -> BTreeSet<String> {

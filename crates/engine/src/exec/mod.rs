@@ -32,6 +32,7 @@ pub mod audit;
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod graph;
 pub mod kv_cache;
 pub mod options;
 pub mod sampler;

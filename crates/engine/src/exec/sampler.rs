@@ -63,12 +63,10 @@ pub struct FrameTokens {
 /// A frame's sampling calls on the device (see the module docs).
 pub struct FrameSampler {
     /// Every call's temperatures, top-k and noise, in one f32 buffer on the device.
-    #[allow(dead_code)]
     params: Tensor,
     /// [2, B, calls] u32: tokens, then flags.
     out: Tensor,
     /// Per call: where its temperatures, top-k and noise start in `params`, and the noise stride.
-    #[allow(dead_code)]
     layout: Vec<[usize; 4]>,
     batch: usize,
 }
@@ -76,6 +74,15 @@ pub struct FrameSampler {
 impl FrameSampler {
     /// Upload a frame's calls (all with `batch` rows) to `device`.
     pub fn new(device: &Device, batch: usize, calls: &[SampleCallPlan]) -> Result<Self> {
+        let (params, layout) = Self::pack(batch, calls);
+        let n = params.len();
+        let params = Tensor::from_vec(params, n, device)?;
+        let out = Tensor::zeros((2, batch, calls.len()), DType::U32, device)?;
+        Ok(Self { params, out, layout, batch })
+    }
+
+    /// The calls' settings and noise in one buffer, and where each call's parts start.
+    fn pack(batch: usize, calls: &[SampleCallPlan]) -> (Vec<f32>, Vec<[usize; 4]>) {
         let mut params = Vec::new();
         let mut layout = Vec::with_capacity(calls.len());
         for c in calls {
@@ -86,10 +93,25 @@ impl FrameSampler {
             params.extend(c.top_k.iter().map(|&k| k as f32));
             params.extend_from_slice(&c.noise);
         }
+        (params, layout)
+    }
+
+    /// Whether `calls` have this sampler's shape (batch, call count, noise strides): what a
+    /// captured graph over it needs to be replayed with them.
+    pub fn fits(&self, batch: usize, calls: &[SampleCallPlan]) -> bool {
+        batch == self.batch && calls.len() == self.layout.len() && calls.iter().zip(&self.layout).all(|(c, l)| c.stride == l[3])
+    }
+
+    /// Replace the settings and noise with another frame's, in place (the buffer keeps its
+    /// address: a captured graph reads it), when the calls `fits`.
+    pub fn update(&self, calls: &[SampleCallPlan]) -> Result<()> {
+        if !self.fits(self.batch, calls) {
+            return Err(crate::error::EngineError::InvalidInput("device sampler: a frame of another shape".into()));
+        }
+        let (params, _) = Self::pack(self.batch, calls);
         let n = params.len();
-        let params = Tensor::from_vec(params, n, device)?;
-        let out = Tensor::zeros((2, batch, calls.len()), DType::U32, device)?;
-        Ok(Self { params, out, layout, batch })
+        self.params.slice_set(&Tensor::from_vec(params, n, self.params.device())?, 0, 0)?;
+        Ok(())
     }
 
     /// Call `call` of the frame on `logits` [B, 1, V] (or [B, V]): returns token + 1 per row as
@@ -111,10 +133,41 @@ impl FrameSampler {
 
     /// The frame's tokens and flags (one download).
     pub fn finish(self) -> Result<FrameTokens> {
+        self.read()
+    }
+
+    /// The tokens and flags the calls wrote so far (one download; the sampler stays usable).
+    pub fn read(&self) -> Result<FrameTokens> {
         let v = self.out.flatten_all()?.to_vec1::<u32>()?;
         let half = v.len() / 2;
         debug_assert_eq!(half % self.batch.max(1), 0);
         let (tokens, flags) = v.split_at(half);
         Ok(FrameTokens { tokens: tokens.to_vec(), flags: flags.to_vec() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(batch: usize, stride: usize, seed: f32) -> SampleCallPlan {
+        SampleCallPlan { temps: vec![0.8; batch], top_k: vec![stride as u32; batch], noise: (0..batch * stride).map(|i| seed + i as f32).collect(), stride }
+    }
+
+    /// A graph replays a sampler with new settings written in place: same shape only, and the
+    /// buffer then holds exactly the new frame's values (read back on the CPU).
+    #[test]
+    fn update_rewrites_in_place_for_the_same_shape_only() {
+        let calls = [plan(2, 3, 0.0), plan(2, 5, 100.0)];
+        let s = FrameSampler::new(&Device::Cpu, 2, &calls).unwrap();
+        assert!(s.fits(2, &calls));
+        assert!(!s.fits(3, &calls));
+        assert!(!s.fits(2, &[plan(2, 3, 0.0), plan(2, 4, 0.0)]));
+        assert!(!s.fits(2, &calls[..1]));
+        assert!(s.update(&[plan(2, 3, 0.0), plan(2, 4, 0.0)]).is_err());
+        let next = [plan(2, 3, 7.0), plan(2, 5, 9.0)];
+        s.update(&next).unwrap();
+        let (want, _) = FrameSampler::pack(2, &next);
+        assert_eq!(s.params.to_vec1::<f32>().unwrap(), want);
     }
 }

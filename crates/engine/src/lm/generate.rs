@@ -18,7 +18,8 @@ use super::model::LmModel;
 use super::prompt::PromptRun;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
-use crate::exec::{device_sampling, FrameSampler, RunOptions, SampleCallPlan};
+use super::frame_graph::{DepformerGraph, GraphState};
+use crate::exec::{device_sampling, graph, FrameSampler, RunOptions, SampleCallPlan};
 use crate::nn::transformer::TransformerState;
 
 /// Sampling settings of a conversation.
@@ -52,6 +53,8 @@ pub struct LmGenState {
     /// Conversation slots (`LmModel::new_slots`): each row its own settings and noise; empty
     /// when every row shares `cfg` and `noise`.
     rows: Vec<(GenConfig, SeededNoise)>,
+    /// The depformer's CUDA graph and its buffers, with `options.cuda_graphs` (`frame_graph`).
+    graph: Option<DepformerGraph>,
     /// Per row, the prompt it is being fed (`LmModel::start_prompt`), until its last frame.
     pub(super) prompts: Vec<Option<PromptRun>>,
     /// Run every depformer step (PersonaPlex: 16) instead of only those whose tokens are kept.
@@ -233,6 +236,11 @@ impl LmGenState {
     pub fn options(&self) -> &RunOptions {
         &self.options
     }
+
+    /// Whether the depformer's steps replay a CUDA graph (see `lm::frame_graph`).
+    pub fn graph_state(&self) -> GraphState {
+        self.graph.as_ref().map_or(GraphState::Off, DepformerGraph::state)
+    }
 }
 
 /// What one step produced.
@@ -297,7 +305,7 @@ impl LmModel {
         let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.agent_streams(), batch)?;
         let temporal = TransformerState::new(options.kv_cache);
         let prompts = (0..batch).map(|_| None).collect();
-        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), prompts, all_depformer_steps: false })
+        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, prompts, all_depformer_steps: false })
     }
 
     /// `batch` conversation slots stepped together, each row with its own settings and seeded
@@ -408,25 +416,23 @@ impl LmModel {
     }
 
     /// The sampling half of `step` with the device sampler (`exec::sampler`): the frame's noise
-    /// drawn first, every call's token left on the device for the next depformer step, one
-    /// download at the end. The same tokens as the host path for the same noise; a non-finite
+    /// drawn first, every call's token left on the device for the next depformer step
+    /// (`frame_graph`: eagerly or as a replayed CUDA graph), one download at the end; the
+    /// temporal time ends before the text token is sampled. The same tokens as the host path for the same noise; a non-finite
     /// logit is reported as there (the text's first), found through the kernel's flags.
     fn sample_on_device(&self, st: &mut LmGenState, input: Vec<i64>, t_out: super::temporal::TemporalOut, t0: std::time::Instant, vocab: [usize; 2]) -> Result<StepOut> {
         let (b, dq, n) = (st.batch(), self.config().agent_streams(), st.step_index());
         let calls = st.draw_frame(vocab, 1 + dq)?;
         let device = self.temporal_device();
-        let sampler = FrameSampler::new(&device, b, &calls)?;
-        let mut prev = sampler.sample(&t_out.text_logits, 0)?;
         let temporal_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = std::time::Instant::now();
-        let mut dstate = TransformerState::default();
-        let mut depformer_logits = Vec::with_capacity(dq);
-        for k in 0..dq {
-            let l = self.depformer().step_shifted(k, &t_out.out, &prev, &mut dstate)?;
-            prev = sampler.sample(&l, 1 + k)?;
-            depformer_logits.push(l);
-        }
-        let got = sampler.finish()?;
+        let (got, depformer_logits) = if graph::applies(&device, &st.options) {
+            self.depformer_graphed(&mut st.graph, &t_out.out, &t_out.text_logits, &calls)?
+        } else {
+            let sampler = FrameSampler::new(&device, b, &calls)?;
+            let logits = self.depformer_chain(&t_out.out, &t_out.text_logits, &sampler)?;
+            (sampler.finish()?, logits)
+        };
         let cols = 1 + dq;
         if (0..b).any(|r| got.flags[r * cols] != 0) {
             let tokens = Tensor::from_vec(input.clone(), (b, self.config().num_streams(), 1), &device)?;

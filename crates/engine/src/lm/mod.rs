@@ -1,10 +1,12 @@
 //! The Moshi language model: configuration and checkpoint layouts (`config`, `model`), the
 //! temporal transformer (`temporal`), the depformer (`depformer`), sampling (`sampling`) and the
-//! streaming step with the reference's delays (`generate`).
+//! streaming step with the reference's delays (`generate`; its device-sampled depformer chain,
+//! eager or as a CUDA graph, in `frame_graph`).
 
 pub mod config;
 pub mod delays;
 pub mod depformer;
+pub mod frame_graph;
 pub mod generate;
 pub mod model;
 pub mod prompt;
@@ -13,6 +15,7 @@ pub mod sampling;
 pub mod temporal;
 
 pub use config::{LmConfig, PersonaPlexConfig};
+pub use frame_graph::GraphState;
 pub use generate::{GenConfig, LmGenState, StepOut};
 pub use prompt::{LmPrompt, VoiceEmbeddings, VoicePrompt};
 pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};

@@ -137,6 +137,11 @@ impl Tokenizer {
     /// A stand-in vocabulary of `size` pieces (`<unk>`, `<s>`, `</s>`, `<pad>`, then `▁w4`,
     /// `▁w5`, …) for random-weight models that come without a tokenizer (benchmarks, `verify`).
     pub fn synthetic(size: usize) -> Result<Self> {
+        Self::from_bytes(&Self::synthetic_model_bytes(size))
+    }
+
+    /// The `.model` file (SentencePiece's protobuf) of [`Tokenizer::synthetic`]'s vocabulary.
+    pub fn synthetic_model_bytes(size: usize) -> Vec<u8> {
         let pieces = (0..size.max(4))
             .map(|i| proto::SentencePiece {
                 piece: Some(match i {
@@ -155,7 +160,7 @@ impl Tokenizer {
             })
             .collect();
         let model = proto::ModelProto { pieces, trainer_spec: None, normalizer_spec: None };
-        Self::from_bytes(&model.encode_to_vec())
+        model.encode_to_vec()
     }
 
     /// Loads a SentencePiece model from the bytes of a `.model` file.

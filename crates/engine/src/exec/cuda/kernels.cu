@@ -42,15 +42,20 @@ template <> struct Vec16<__nv_bfloat16> {
 };
 
 // Block-wide reductions (blockDim.x = 32 · WARPS); every thread gets the result.
-__device__ __forceinline__ float block_reduce_max(float v, float* scratch) {
+// The maximum over a block of NW warps (every thread gets it).
+template <int NW>
+__device__ __forceinline__ float block_reduce_max_n(float v, float* scratch) {
     v = warp_max(v);
     __syncthreads();
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
     __syncthreads();
     float m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < WARPS; w++) m = fmaxf(m, scratch[w]);
+    for (int w = 0; w < NW; w++) m = fmaxf(m, scratch[w]);
     return m;
+}
+__device__ __forceinline__ float block_reduce_max(float v, float* scratch) {
+    return block_reduce_max_n<WARPS>(v, scratch);
 }
 __device__ __forceinline__ float block_reduce_sum(float v, float* scratch) {
     v = warp_sum(v);
@@ -349,15 +354,6 @@ __device__ __forceinline__ Best block_best(Best x, Best* scratch) {
     return b;
 }
 
-__device__ __forceinline__ float block_max_sample(float v, float* scratch) {
-    v = warp_max(v);
-    __syncthreads();
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    float m = scratch[0];
-    for (int w = 1; w < SAMPLE_THREADS / 32; w++) m = fmaxf(m, scratch[w]);
-    return m;
-}
 
 // Sort key of token i with probability p >= 0: larger = earlier in the top-k order.
 __device__ __forceinline__ unsigned long long topk_key(float p, int i) {
@@ -409,7 +405,7 @@ __device__ void sample_row(const T* __restrict__ logits, int V, const float* __r
     if (temp > 0.f) {
         float m = -INFINITY;
         for (int i = tid; i < V; i += SAMPLE_THREADS) m = fmaxf(m, __fdiv_rn(to_f32(x[i]), temp));
-        m = block_max_sample(m, redf);
+        m = block_reduce_max_n<SAMPLE_THREADS / 32>(m, redf);
         // logits / T overflowed (a tiny positive T): the distribution's limit, the argmax.
         if (!isinf(m)) {
             for (int i = tid; i < V; i += SAMPLE_THREADS) p[i] = moshi_exp(__fsub_rn(__fdiv_rn(to_f32(x[i]), temp), m));
