@@ -5,7 +5,6 @@
 use clap::Args;
 use moshi_server::ServerConfig;
 
-use crate::model::{DeviceArg, DtypeArg};
 use crate::sources::MoshiSource;
 
 #[derive(Debug, Args)]
@@ -25,32 +24,47 @@ pub struct LoadArgs {
     pub slots: Option<usize>,
     #[command(flatten)]
     pub source: MoshiSource,
-    /// Where the model runs (cuda and metal need a build with that feature).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
-    /// The LM's dtype; Mimi always runs in f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub runtime: crate::model::RuntimeArgs,
+    /// Query string every client adds to the URL (e.g. `text_prompt=…&voice_prompt=NATF0.pt`
+    /// for PersonaPlex; URL-encoded here).
+    #[arg(long, default_value = "")]
+    pub query: String,
+    /// Seconds between one client's connection and the next (0: all at once), so that later
+    /// ones join a running batch.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
+    pub stagger: f64,
+    /// The in-process server's preset voices (serve --voice-prompt-dir).
+    #[arg(long)]
+    pub voice_prompt_dir: Option<std::path::PathBuf>,
+    /// The in-process server's prompt positions prefilled per frame (serve --prefill-positions).
+    #[arg(long, default_value_t = 256, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub prefill_positions: usize,
 }
 
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let audio = moshi_engine::audio::load_mono_24k(std::path::Path::new("assets/hello.wav")).unwrap_or_default();
+    let plan = moshi_server::load::LoadPlan { conversations: args.conversations, seconds: args.seconds, stagger_s: args.stagger };
+    let with_query = |url: &str| if args.query.is_empty() { url.to_string() } else { format!("{url}?{}", encode_query(&args.query)) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(async {
         match &args.url {
-            Some(url) => moshi_server::load::run(url, args.conversations, args.seconds, &audio, None).await,
+            Some(url) => moshi_server::load::run(&with_query(url), &plan, &audio, None).await,
             None => {
-                let (device, dtype) = (crate::model::device(args.device)?, crate::model::dtype(args.dtype));
+                let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
                 let loaded = args.source.load(dtype, &device)?;
                 eprintln!("model: {}", loaded.identity);
                 let cfg = ServerConfig {
                     max_conversations: args.slots.unwrap_or(args.conversations),
                     model_name: loaded.identity.clone(),
+                    voice_prompt_dir: args.voice_prompt_dir.clone(),
+                    prefill_positions: args.prefill_positions,
+                    options: args.runtime.run_options(),
                     ..ServerConfig::local_test()
                 };
                 let server = moshi_server::start(cfg, loaded.moshi).await?;
-                let url = format!("ws://{}/api/chat", server.addr());
-                let r = moshi_server::load::run(&url, args.conversations, args.seconds, &audio, Some(server.metrics())).await;
+                let url = with_query(&format!("ws://{}/api/chat", server.addr()));
+                let r = moshi_server::load::run(&url, &plan, &audio, Some(server.metrics())).await;
                 server.shutdown().await;
                 r
             }
@@ -58,4 +72,24 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     })?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// `k=v&k=v` with each value percent-encoded (spaces and the like in a persona).
+fn encode_query(q: &str) -> String {
+    q.split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => format!("{k}={}", url_encode(v)),
+            None => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn url_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// `voice_prompt` query parameter (with `text_prompt`, their persona).
     #[arg(long)]
     pub voice_prompt_dir: Option<PathBuf>,
+    /// PersonaPlex: prompt positions prefilled per 80 ms frame for a conversation joining with a
+    /// prompt (its handshake comes after ⌈prompt frames / this⌉ frames; the rest of each frame is
+    /// the other conversations').
+    #[arg(long, default_value_t = 256, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub prefill_positions: usize,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -75,6 +80,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         options: args.runtime.run_options(),
         model_name: loaded.identity.clone(),
         voice_prompt_dir: args.voice_prompt_dir,
+        prefill_positions: args.prefill_positions,
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

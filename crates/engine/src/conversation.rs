@@ -150,6 +150,11 @@ impl Conversation {
         self.lm.prompting(row)
     }
 
+    /// Whether row `row`'s prompt is being prefilled on its own (`Moshi::prefill_row`).
+    pub fn prefill_pending(&self, row: usize) -> bool {
+        self.lm.prefill_pending(row)
+    }
+
     /// Run every depformer step (see `LmGenState::set_all_depformer_steps`).
     pub fn set_all_depformer_steps(&mut self, all: bool) {
         self.lm.set_all_depformer_steps(all);
@@ -235,6 +240,20 @@ impl Moshi {
         let n = self.lm.prefill_prompts(&mut conv.lm)?;
         conv.frames += n;
         Ok(n)
+    }
+
+    /// Prefill row `row`'s prompt (given by `start_prompt`, not yet stepped) on its own instead of
+    /// stepping it with the batch (`lm::row_prefill`): `advance_prefills` runs it, in chunks, and
+    /// splices it in; the row's replies are withheld meanwhile, the other rows go on. False when
+    /// the prompt has nothing to prefill (it is then stepped as before).
+    pub fn prefill_row(&self, conv: &mut Conversation, row: usize) -> Result<bool> {
+        self.lm.begin_row_prefill(&mut conv.lm, row)
+    }
+
+    /// Run up to `budget.max_positions` positions of the rows being prefilled; those spliced take
+    /// their prompt's last frame at the next `step` (see `LmModel::advance_row_prefills`).
+    pub fn advance_prefills(&self, conv: &mut Conversation, budget: &crate::lm::PrefillBudget) -> Result<crate::lm::PrefillProgress> {
+        self.lm.advance_row_prefills(&mut conv.lm, budget)
     }
 
     /// One frame of the user's audio per row (B × `frame_size` samples at 24 kHz, row-major).

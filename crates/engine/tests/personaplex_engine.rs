@@ -486,3 +486,104 @@ fn prefilling_the_prompt_equals_stepping_it() {
         rep.finish(&format!("prefill, {voice}, {gen:?}"));
     }
 }
+
+/// Row `row` of `conv` after it joins at frame `join` with prompt `p`: its ready outputs
+/// (tokens, PCM), its audio the fixture's user frames from its first ready frame on; row 0 talks
+/// on `other` throughout (when b > 1). `prefill`: the prompt is prefilled on its own in chunks of
+/// that many positions per frame instead of stepped (`Moshi::prefill_row`). Also returns row 0's
+/// tokens per frame and the frames the join took to the first ready output.
+#[allow(clippy::type_complexity)]
+fn joined_row(
+    moshi: &Moshi,
+    conv: &mut moshi_engine::conversation::Conversation,
+    (b, row, join): (usize, usize, usize),
+    p: &LmPrompt,
+    gen: GenConfig,
+    prefill: Option<moshi_engine::lm::PrefillBudget>,
+    outputs: usize,
+) -> (Vec<(Vec<i64>, Vec<f32>)>, Vec<Option<Vec<i64>>>, usize) {
+    let n = moshi.frame_size();
+    let input = moshi_engine::audio::load_mono_24k(&dir().join("user.wav")).unwrap();
+    let frames: Vec<Vec<f32>> = moshi_engine::audio::frames(&input, n).collect();
+    let (mut got, mut others, mut first_ready) = (Vec::new(), Vec::new(), None);
+    let mut i = 0;
+    while got.len() < outputs {
+        if i == join {
+            conv.reset_row(row, gen, 77).unwrap();
+            moshi.start_prompt(conv, row, p).unwrap();
+            if prefill.is_some() {
+                assert!(moshi.prefill_row(conv, row).unwrap());
+            }
+        }
+        if let (Some(budget), true) = (prefill, i >= join) {
+            let prog = moshi.advance_prefills(conv, &budget).unwrap();
+            assert!(prog.failed.is_empty(), "{:?}", prog.failed);
+        }
+        let mine = if got.is_empty() { vec![0.25f32; n] } else { frames[got.len() - 1].clone() };
+        let mut pcm = Vec::new();
+        for r in 0..b {
+            pcm.extend(if r == row { mine.clone() } else { frames[(i + r) % frames.len()].clone() });
+        }
+        let out = moshi.step(conv, &pcm).unwrap();
+        others.push(out.ready[0].then(|| out.tokens.as_ref().unwrap()[..9].to_vec()));
+        if i >= join && out.ready[row] {
+            first_ready.get_or_insert(i - join);
+            let k = 9;
+            got.push((out.tokens.as_ref().unwrap()[row * k..(row + 1) * k].to_vec(), out.pcm.as_ref().unwrap()[row * n..(row + 1) * n].to_vec()));
+        }
+        i += 1;
+    }
+    (got, others, first_ready.unwrap())
+}
+
+#[test]
+fn a_prefilled_row_joins_as_a_stepped_one() {
+    use moshi_engine::lm::PrefillBudget;
+    let moshi = moshi();
+    let p = prompt(&moshi, TEXT, "voice.pt");
+    let gen = GenConfig { text: SamplingConfig::sampled(0.7, 25), audio: SamplingConfig::sampled(0.8, 40) };
+    let opts = RunOptions::default();
+    let outputs = 20;
+    // The reference for the joining row: alone, its prompt stepped frame by frame.
+    let mut alone = moshi.slots(1, &opts).unwrap();
+    let (want, _, stepped_latency) = joined_row(&moshi, &mut alone, (1, 0, 0), &p, gen, None, outputs);
+    assert_eq!(stepped_latency, P - 1, "stepped: the prompt's last frame gives the first output");
+    let worst = |a: &[(Vec<i64>, Vec<f32>)], b: &[(Vec<i64>, Vec<f32>)], what: &str| {
+        let mut w = 0f32;
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(x.0, y.0, "{what}: output {i}: tokens");
+            w = x.1.iter().zip(&y.1).fold(w, |m, (u, v)| m.max((u - v).abs()));
+        }
+        assert!(w <= F32_ABS_TOL, "{what}: PCM differs by {w}");
+        w
+    };
+    // 1. A batch 100 frames in (deeper than the prompt's 77): row 0 talking, row 2 idle; row 1
+    //    joins and is prefilled 20 positions per frame, then spliced behind the batch's position.
+    let budget = PrefillBudget { max_positions: 20, skip_idle: false };
+    let mut batch = moshi.slots(3, &opts).unwrap();
+    batch.reset_row(0, gen, 5).unwrap();
+    let (got, others_pre, latency) = joined_row(&moshi, &mut batch, (3, 1, 100), &p, gen, Some(budget), outputs);
+    assert_eq!(latency, (P - 1).div_ceil(20) - 1, "76 positions in chunks of 20: the 4th chunk's frame is the prompt's last");
+    let w1 = worst(&got, &want, "prefilled in a running batch");
+    // Row 0 is not disturbed: its tokens are those of the same batch where row 1 steps its prompt.
+    let mut stepped = moshi.slots(3, &opts).unwrap();
+    stepped.reset_row(0, gen, 5).unwrap();
+    let (got_stepped, others_stepped, _) = joined_row(&moshi, &mut stepped, (3, 1, 100), &p, gen, None, outputs);
+    worst(&got_stepped, &want, "stepped in a running batch");
+    let common = others_pre.len().min(others_stepped.len());
+    assert_eq!(others_pre[..common], others_stepped[..common], "row 0's tokens change with row 1's prefill");
+    // 2. A fresh batch with nobody else talking: advanced without computing, spliced at once.
+    let mut fresh = moshi.slots(2, &opts).unwrap();
+    let skip = PrefillBudget { max_positions: 1000, skip_idle: true };
+    let (got2, _, latency2) = joined_row(&moshi, &mut fresh, (2, 1, 0), &p, gen, Some(skip), outputs);
+    assert_eq!(latency2, 0, "the whole prompt prefilled before the first frame");
+    let w2 = worst(&got2, &want, "prefilled in an idle fresh batch");
+    // 3. A young batch with someone talking cannot take the splice until it is 76 positions in.
+    let mut young = moshi.slots(2, &opts).unwrap();
+    young.reset_row(0, gen, 5).unwrap();
+    let talking = PrefillBudget { max_positions: 1000, skip_idle: false };
+    let (got3, _, latency3) = joined_row(&moshi, &mut young, (2, 1, 10), &p, gen, Some(talking), outputs);
+    assert_eq!(latency3, P - 1 - 10, "the splice waits for the batch to be as deep as the prompt");
+    let w3 = worst(&got3, &want, "prefilled in a young batch");
+    eprintln!("prefilled joins: identical tokens; PCM within {w1:.2e} / {w2:.2e} / {w3:.2e}");
+}

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub send_timeout_s: f64,
     /// PersonaPlex: where the `voice_prompt` query parameter's presets are (`NATF0.pt` …).
     pub voice_prompt_dir: Option<PathBuf>,
+    /// PersonaPlex: prompt positions prefilled per frame for a conversation joining with a prompt
+    /// (docs/serve.md: the handshake comes after ⌈positions / this⌉ frames at most).
+    pub prefill_positions: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             model_name: "unnamed".into(),
             send_timeout_s: 10.0,
             voice_prompt_dir: None,
+            prefill_positions: 256,
         }
     }
 }

@@ -103,7 +103,13 @@ pub async fn start(cfg: ServerConfig, moshi: Moshi) -> anyhow::Result<RunningSer
     });
     let frame = moshi.frame_size();
     let max_input = input_samples(cfg.max_buffered_input_s).max(frame);
-    let scheduler = scheduler::spawn(moshi, cfg.options, cfg.max_conversations, max_input, cfg.max_queued_output_frames, metrics.clone())?;
+    let limits = scheduler::BatchConfig {
+        capacity: cfg.max_conversations,
+        max_input,
+        max_output: cfg.max_queued_output_frames,
+        prefill_positions: cfg.prefill_positions,
+    };
+    let scheduler = scheduler::spawn(moshi, cfg.options, limits, metrics.clone())?;
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;

@@ -28,6 +28,9 @@ pub struct LoadReport {
     /// Gaps of more than 200 ms between two audio messages, summed over conversations (after the
     /// first audio message of each).
     pub client_stalls: usize,
+    /// Per connected conversation, in the order they connected: ms from the WebSocket connect
+    /// to the handshake (PersonaPlex: the prompt is fed in between).
+    pub handshake_ms: Vec<f64>,
     /// From the server (in-process runs): batched steps, steps that ended after their deadline,
     /// step-time percentiles in ms, input underruns.
     pub server: Option<ServerSide>,
@@ -94,10 +97,21 @@ fn client_pages(audio: &[f32], seconds: f64) -> anyhow::Result<Vec<Vec<u8>>> {
 
 enum Outcome {
     Refused,
-    Ran { frames: usize, stalls: usize },
+    Ran { frames: usize, stalls: usize, handshake_ms: f64 },
+}
+
+/// What the load generator runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadPlan {
+    pub conversations: usize,
+    /// Seconds each conversation streams audio (after its handshake).
+    pub seconds: f64,
+    /// Seconds between one client's connection and the next.
+    pub stagger_s: f64,
 }
 
 async fn one_client(url: String, pages: Vec<Vec<u8>>, seconds: f64) -> anyhow::Result<Outcome> {
+    let t0 = Instant::now();
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     let (mut tx, mut rx) = ws.split();
     // Metadata, then the handshake; or an error (refused).
@@ -114,6 +128,7 @@ async fn one_client(url: String, pages: Vec<Vec<u8>>, seconds: f64) -> anyhow::R
         }
     }
     let start = Instant::now();
+    let handshake_ms = (start - t0).as_secs_f64() * 1e3;
     let sender = tokio::spawn(async move {
         for (i, page) in pages.into_iter().enumerate() {
             // Header pages at once, then one page per 40 ms of audio, on the wall clock.
@@ -146,19 +161,15 @@ async fn one_client(url: String, pages: Vec<Vec<u8>>, seconds: f64) -> anyhow::R
         }
     }
     sender.abort();
-    Ok(Outcome::Ran { frames, stalls })
+    Ok(Outcome::Ran { frames, stalls, handshake_ms })
 }
 
 /// Run `conversations` clients against `url` for `seconds`; `metrics` (in-process runs) gives the
 /// server's side.
-pub async fn run(
-    url: &str,
-    conversations: usize,
-    seconds: f64,
-    audio: &[f32],
-    metrics: Option<&crate::metrics::Metrics>,
-) -> anyhow::Result<LoadReport> {
+pub async fn run(url: &str, plan: &LoadPlan, audio: &[f32], metrics: Option<&crate::metrics::Metrics>) -> anyhow::Result<LoadReport> {
+    let LoadPlan { conversations, seconds, stagger_s } = *plan;
     check_loopback(url)?;
+    anyhow::ensure!(stagger_s.is_finite() && (0.0..=600.0).contains(&stagger_s), "--stagger must be in [0, 600] seconds");
     anyhow::ensure!(conversations >= 1, "at least one conversation");
     anyhow::ensure!(seconds > 0.0 && seconds <= 3600.0, "--seconds must be in (0, 3600]");
     let pages = client_pages(audio, seconds)?;
@@ -166,15 +177,21 @@ pub async fn run(
         Some(m) => (m.frames_stepped.get(), m.frames_late.get(), m.input_underruns.get(), m.step_times().len()),
         None => (0, 0, 0, 0),
     };
-    let tasks: Vec<_> =
-        (0..conversations).map(|_| tokio::spawn(one_client(url.to_string(), pages.clone(), seconds))).collect();
-    let (mut refused, mut received, mut stalls) = (0, Vec::new(), 0);
+    let mut tasks = Vec::new();
+    for i in 0..conversations {
+        if i > 0 && stagger_s > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(stagger_s)).await;
+        }
+        tasks.push(tokio::spawn(one_client(url.to_string(), pages.clone(), seconds)));
+    }
+    let (mut refused, mut received, mut stalls, mut handshakes) = (0, Vec::new(), 0, Vec::new());
     for t in tasks {
         match t.await? {
             Ok(Outcome::Refused) => refused += 1,
-            Ok(Outcome::Ran { frames, stalls: s }) => {
+            Ok(Outcome::Ran { frames, stalls: s, handshake_ms }) => {
                 received.push(frames);
                 stalls += s;
+                handshakes.push(handshake_ms);
             }
             Err(e) => return Err(e.context("a load client failed")),
         }
@@ -206,6 +223,7 @@ pub async fn run(
         frames_received_min: received.first().copied().unwrap_or(0),
         frames_received_median: received.get(received.len() / 2).copied().unwrap_or(0),
         client_stalls: stalls,
+        handshake_ms: handshakes,
         server,
     })
 }

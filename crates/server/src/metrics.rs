@@ -25,8 +25,11 @@ pub struct Metrics {
     pub output_dropped_frames: IntCounter,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
-    /// By kind: protocol, audio, params, capacity, origin, send_timeout, engine, socket.
+    /// By kind: protocol, audio, params, capacity, origin, send_timeout, engine, socket, prefill.
     pub errors: IntCounterVec,
+    /// Seconds per prompt-prefill chunk (joining PersonaPlex conversations), and positions run.
+    pub prefill_seconds: Histogram,
+    pub prefill_positions: IntCounter,
     /// The last `STEP_LOG` step times in seconds (exact percentiles for the load generator).
     step_log: Arc<Mutex<VecDeque<f64>>>,
 }
@@ -66,6 +69,12 @@ impl Metrics {
             bytes_in: IntCounter::new("moshi_bytes_in_total", "WebSocket payload bytes received").unwrap(),
             bytes_out: IntCounter::new("moshi_bytes_out_total", "WebSocket payload bytes sent").unwrap(),
             errors: IntCounterVec::new(Opts::new("moshi_errors_total", "Errors by kind"), &["kind"]).unwrap(),
+            prefill_seconds: Histogram::with_opts(
+                HistogramOpts::new("moshi_prompt_prefill_seconds", "Time of one prompt-prefill chunk of a joining conversation")
+                    .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.2, 0.5]),
+            )
+            .unwrap(),
+            prefill_positions: IntCounter::new("moshi_prompt_prefill_positions_total", "Prompt positions prefilled").unwrap(),
             registry,
             step_log: Arc::new(Mutex::new(VecDeque::new())),
         };
@@ -83,7 +92,15 @@ impl Metrics {
         r.register(Box::new(m.bytes_in.clone())).unwrap();
         r.register(Box::new(m.bytes_out.clone())).unwrap();
         r.register(Box::new(m.errors.clone())).unwrap();
+        r.register(Box::new(m.prefill_seconds.clone())).unwrap();
+        r.register(Box::new(m.prefill_positions.clone())).unwrap();
         m
+    }
+
+    /// Record one prompt-prefill chunk.
+    pub fn observe_prefill(&self, positions: usize, seconds: f64) {
+        self.prefill_seconds.observe(seconds);
+        self.prefill_positions.inc_by(positions as u64);
     }
 
     /// Record one batched step's duration.

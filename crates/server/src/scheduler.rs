@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use moshi_engine::conversation::{Conversation, Moshi};
 use moshi_engine::exec::RunOptions;
+use moshi_engine::lm::PrefillBudget;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::SessionParams;
@@ -150,9 +151,24 @@ struct Active {
     io: Arc<SlotIo>,
 }
 
+/// The batch's size and bounds (`spawn`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Conversation slots.
+    pub capacity: usize,
+    /// Samples of user audio buffered per slot at most.
+    pub max_input: usize,
+    /// Reply frames queued per slot at most.
+    pub max_output: usize,
+    /// PersonaPlex: prompt positions prefilled per frame for slots joining with a prompt (the
+    /// rest of the frame's time is the others'; `lm::row_prefill`).
+    pub prefill_positions: usize,
+}
+
 struct Batch {
     moshi: Moshi,
     options: RunOptions,
+    prefill_positions: usize,
     conv: Conversation,
     slots: Vec<Option<Active>>,
     active: Arc<AtomicUsize>,
@@ -168,23 +184,18 @@ impl Drop for AliveGuard {
     }
 }
 
-/// Start the batch thread over `moshi` with `capacity` slots run with `options`.
-pub fn spawn(
-    moshi: Moshi,
-    options: RunOptions,
-    capacity: usize,
-    max_input: usize,
-    max_output: usize,
-    metrics: Metrics,
-) -> anyhow::Result<SchedulerHandle> {
+/// Start the batch thread over `moshi` with `limits.capacity` slots run with `options`.
+pub fn spawn(moshi: Moshi, options: RunOptions, limits: BatchConfig, metrics: Metrics) -> anyhow::Result<SchedulerHandle> {
+    let BatchConfig { capacity, max_input, max_output, prefill_positions } = limits;
     anyhow::ensure!(capacity >= 1, "at least one conversation slot is needed");
     anyhow::ensure!(max_output >= 1, "the output queue needs room for one frame");
+    anyhow::ensure!(prefill_positions >= 1, "a prompt prefill needs at least one position per frame");
     let conv = moshi.slots(capacity, &options)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let active = Arc::new(AtomicUsize::new(0));
     let alive = Arc::new(AtomicBool::new(true));
     metrics.conversation_slots.set(capacity as i64);
-    let batch = Batch { moshi, options, conv, slots: (0..capacity).map(|_| None).collect(), active: active.clone(), metrics };
+    let batch = Batch { moshi, options, prefill_positions, conv, slots: (0..capacity).map(|_| None).collect(), active: active.clone(), metrics };
     let guard = AliveGuard(alive.clone());
     std::thread::Builder::new().name("moshi-batch".into()).spawn(move || {
         let _guard = guard;
@@ -217,7 +228,9 @@ impl Batch {
                         match &params.prompt {
                             Some(req) => {
                                 let p = self.moshi.prepare_prompt(&req.spec()).map_err(|e| JoinError::Prompt(e.to_string()))?;
-                                self.moshi.start_prompt(&mut self.conv, slot, &p).map_err(|e| JoinError::Prompt(e.to_string()))
+                                self.moshi.start_prompt(&mut self.conv, slot, &p).map_err(|e| JoinError::Prompt(e.to_string()))?;
+                                // Prefilled on its own, in chunks, instead of stepped frame by frame.
+                                self.moshi.prefill_row(&mut self.conv, slot).map(|_| ()).map_err(|e| JoinError::Prompt(e.to_string()))
                             }
                             None => Ok(()),
                         }
@@ -238,6 +251,8 @@ impl Batch {
                     // The connection went away while joining.
                     self.slots[*slot] = None;
                 }
+                // The time until the next tick is free: start the prefill now.
+                self.advance_prefills();
             }
             Control::Leave { slot, io } => {
                 // Only if the slot still belongs to that connection (not already re-used).
@@ -296,7 +311,40 @@ impl Batch {
         }
     }
 
+    /// Run this frame's share of the joining slots' prompt prefills (`Moshi::advance_prefills`);
+    /// a slot whose prefill fails gets the error and is freed.
+    fn advance_prefills(&mut self) {
+        let pending: Vec<usize> = (0..self.slots.len()).filter(|&r| self.slots[r].is_some() && self.conv.prefill_pending(r)).collect();
+        if pending.is_empty() {
+            return;
+        }
+        // Nobody else is talking (or holding a spliced prompt): the batch may be advanced.
+        let skip_idle = self.slots.iter().enumerate().all(|(r, s)| s.is_none() || self.conv.prefill_pending(r));
+        let budget = PrefillBudget { max_positions: self.prefill_positions, skip_idle };
+        let t = Instant::now();
+        let progress = match self.moshi.advance_prefills(&mut self.conv, &budget) {
+            Ok(p) => p,
+            Err(e) => {
+                let failed = pending.iter().map(|&r| (r, e.to_string())).collect();
+                moshi_engine::lm::PrefillProgress { failed, ..Default::default() }
+            }
+        };
+        if progress.positions > 0 {
+            self.metrics.observe_prefill(progress.positions, t.elapsed().as_secs_f64());
+        }
+        for (row, e) in progress.failed {
+            tracing::error!(row, error = %e, "a prompt prefill failed");
+            self.metrics.error("prefill");
+            if let Some(a) = self.slots[row].take() {
+                let _ = a.io.replies.try_send(Reply::Error(format!("the prompt could not be fed: {e}")));
+            }
+            let _ = self.conv.reset_row(row, Default::default(), 0);
+        }
+        self.set_active();
+    }
+
     fn step(&mut self, n: usize) {
+        self.advance_prefills();
         let b = self.slots.len();
         let mut pcm = vec![0f32; b * n];
         for (row, slot) in self.slots.iter().enumerate() {

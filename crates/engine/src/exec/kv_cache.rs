@@ -197,6 +197,49 @@ impl KvCache {
         }
     }
 
+    /// Copy positions `0 .. n` of `src` (a one-row cache that has written exactly `n` positions,
+    /// n ≤ capacity) into row `row` of this `batch`-row cache as its positions `first .. first + n`,
+    /// where `first + n` is this cache's write position: a row prefilled on its own joins a running
+    /// batch (`TransformerState::splice_row`). Only that row's slots are written; the stored values
+    /// are copied as they are (8-bit rings keep their codes and scales).
+    pub(crate) fn splice_row(&mut self, src: &KvCache, row: usize, batch: usize, capacity: usize) -> Result<()> {
+        let n = src.written;
+        let Some(sring) = src.ring.as_ref() else { return Ok(()) };
+        let sk = match sring {
+            Ring::Full { k, .. } | Ring::Int8 { k, .. } => k,
+        };
+        let (sb, h, scap, dh) = sk.dims4()?;
+        if sb != 1 || scap != capacity || n > capacity || src.kind != self.kind || n > self.written || row >= batch {
+            return Err(EngineError::Streaming(format!(
+                "splice: a {sb}-row cache of {n} positions (capacity {scap}, {:?}) into row {row} of {batch} at {} (capacity {capacity}, {:?})",
+                src.kind, self.written, self.kind
+            )));
+        }
+        if self.ring.is_none() {
+            // A state advanced without computing (`skip`): allocate its ring now.
+            let w = self.written;
+            self.prepare(batch, h, dh, w, capacity, sk.dtype(), sk.device())?;
+        }
+        let first = self.written - n;
+        let ring = self.ring.as_ref().expect("allocated above");
+        let pairs: Vec<(&Tensor, &Tensor)> = match (ring, sring) {
+            (Ring::Full { k, v }, Ring::Full { k: a, v: b }) => vec![(k, a), (v, b)],
+            (Ring::Int8 { k, v, ks, vs }, Ring::Int8 { k: a, v: b, ks: c, vs: d }) => vec![(k, a), (v, b), (ks, c), (vs, d)],
+            _ => unreachable!("kinds checked above"),
+        };
+        for (dst, s) in pairs {
+            let dst_row = dst.narrow(0, row, 1)?;
+            let mut i = 0;
+            while i < n {
+                let slot = (first + i) % capacity;
+                let len = (capacity - slot).min(n - i);
+                dst_row.slice_set(&s.narrow(2, i, len)?.contiguous()?, 2, slot)?;
+                i += len;
+            }
+        }
+        Ok(())
+    }
+
     /// The ring as our CUDA kernels read it (None before the first write).
     #[cfg(feature = "cuda")]
     pub(super) fn ring_view(&self) -> Option<super::cuda::RingView<'_>> {

@@ -137,6 +137,38 @@ impl DelayBuffer {
         Ok(())
     }
 
+    /// Make row `row` continue `src`, a one-row buffer that ran on its own (a joining row's
+    /// prompt prefilled alone): its positions, forced marks and readiness are copied and the
+    /// row's start moved back so that its row step is `src`'s. Needs this buffer to have taken at
+    /// least as many steps as `src` and the same delays.
+    pub fn splice_row(&mut self, row: usize, src: &DelayBuffer) -> Result<()> {
+        if src.batch != 1 || src.delays != self.delays || row >= self.batch || src.step > self.step {
+            return Err(EngineError::Streaming(format!(
+                "delay splice: a {}-row buffer at step {} into row {row} of {} at step {}",
+                src.batch, src.step, self.batch, self.step
+            )));
+        }
+        let kk = self.delays.len();
+        for slot in 0..self.ring {
+            self.slot_pos[slot * self.batch + row] = src.slot_pos[slot];
+            for k in 0..kk {
+                let (d, s) = ((slot * kk + k) * self.batch + row, slot * kk + k);
+                self.hist[d] = src.hist[s];
+                self.forced[d] = src.forced[s];
+            }
+        }
+        self.starts[row] = self.step - src.step;
+        self.ready[row] = src.ready[0];
+        Ok(())
+    }
+
+    /// Advance by `steps` steps without writing anything: only for a batch whose every row is
+    /// about to start afresh (`reset_row`) or be spliced (`splice_row`), which read nothing from
+    /// before their start.
+    pub fn skip(&mut self, steps: usize) {
+        self.step += steps;
+    }
+
     /// The step the next `input` call prepares, counted from row `row`'s start.
     pub fn row_step(&self, row: usize) -> usize {
         self.step - self.starts[row]

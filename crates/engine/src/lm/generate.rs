@@ -16,6 +16,7 @@ use candle_core::{DType, Tensor};
 use super::delays::DelayBuffer;
 use super::model::LmModel;
 use super::prompt::PromptRun;
+use super::row_prefill::RowPrefill;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
 use super::frame_graph::{DepformerGraph, GraphState};
@@ -46,19 +47,22 @@ impl GenConfig {
 /// [`RunOptions`] it was made with; the weights stay in the shared [`LmModel`].
 pub struct LmGenState {
     options: RunOptions,
-    temporal: TransformerState,
+    pub(super) temporal: TransformerState,
     tokens: DelayBuffer,
     cfg: GenConfig,
     noise: Box<dyn Noise>,
     /// Conversation slots (`LmModel::new_slots`): each row its own settings and noise; empty
     /// when every row shares `cfg` and `noise`.
-    rows: Vec<(GenConfig, SeededNoise)>,
+    pub(super) rows: Vec<(GenConfig, SeededNoise)>,
     /// The depformer's CUDA graph and its buffers, with `options.cuda_graphs` (`frame_graph`).
     graph: Option<DepformerGraph>,
     /// Per row, the prompt it is being fed (`LmModel::start_prompt`), until its last frame.
     pub(super) prompts: Vec<Option<PromptRun>>,
     /// Run every depformer step (PersonaPlex: 16) instead of only those whose tokens are kept.
     all_depformer_steps: bool,
+    /// Per row, its prompt being prefilled on its own (`lm::row_prefill`): until the splice the
+    /// batch steps the row as an idle one and withholds its replies.
+    pub(super) pending: Vec<Option<RowPrefill>>,
 }
 
 impl LmGenState {
@@ -75,6 +79,7 @@ impl LmGenState {
         self.temporal.reset_row(row, b);
         self.rows[row] = (cfg, SeededNoise::new(seed));
         self.prompts[row] = None;
+        self.pending[row] = None;
         Ok(())
     }
 
@@ -87,9 +92,14 @@ impl LmGenState {
         self.all_depformer_steps = all;
     }
 
-    /// Whether row `row` is still being fed its prompt.
+    /// Whether row `row`'s prompt is being prefilled on its own (`lm::row_prefill`).
+    pub fn prefill_pending(&self, row: usize) -> bool {
+        self.pending.get(row).is_some_and(|p| p.is_some())
+    }
+
+    /// Whether row `row` is still being fed its prompt (stepped, or prefilled on its own).
     pub fn prompting(&self, row: usize) -> bool {
-        self.prompts.get(row).is_some_and(|p| p.is_some())
+        self.prompts.get(row).is_some_and(|p| p.is_some()) || self.pending.get(row).is_some_and(|p| p.is_some())
     }
 
     /// The tokens of the delay ring (for the prompt runner).
@@ -305,7 +315,8 @@ impl LmModel {
         let tokens = DelayBuffer::new(&c.delays, &initial, 1 + c.agent_streams(), batch)?;
         let temporal = TransformerState::new(options.kv_cache);
         let prompts = (0..batch).map(|_| None).collect();
-        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, prompts, all_depformer_steps: false })
+        let pending = (0..batch).map(|_| None).collect();
+        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, prompts, all_depformer_steps: false, pending })
     }
 
     /// `batch` conversation slots stepped together, each row with its own settings and seeded
@@ -465,7 +476,12 @@ impl LmModel {
         let audio = sampled.chunks(cols).flat_map(|r| r[1..].iter().map(|&t| t as u32)).collect();
         let mut tokens = st.tokens.record(&sampled)?;
         let mut ready = st.tokens.ready().to_vec();
+        let mut prompt = prompt;
         for (r, ready) in ready.iter_mut().enumerate() {
+            if st.pending[r].is_some() {
+                // Prefilled on its own meanwhile: stepped as an idle row, nothing of it shown.
+                prompt.prompting[r] = true;
+            }
             if prompt.prompting[r] && !prompt.last[r] {
                 *ready = false;
                 if let Some(t) = tokens.as_mut() {

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod model;
 pub mod prompt;
 pub mod random;
+pub mod row_prefill;
 pub mod sampling;
 pub mod temporal;
 
@@ -18,5 +19,6 @@ pub use config::{LmConfig, PersonaPlexConfig};
 pub use frame_graph::GraphState;
 pub use generate::{GenConfig, LmGenState, StepOut};
 pub use prompt::{LmPrompt, VoiceEmbeddings, VoicePrompt};
+pub use row_prefill::{PrefillBudget, PrefillProgress};
 pub use model::{check_checkpoint, Layout, LmModel, TeacherForced};
 pub use sampling::{Noise, ReplayNoise, SamplingConfig, SeededNoise};

@@ -86,6 +86,13 @@ fn prompt_err(msg: String) -> EngineError {
     EngineError::Prompt(msg)
 }
 
+impl PromptRun {
+    /// Frames of the prompt (the last one samples).
+    pub(super) fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+}
+
 impl LmPrompt {
     /// The frames this prompt feeds, in order, checked against the model's config.
     pub(super) fn frames(&self, cfg: &LmConfig) -> Result<Vec<PromptFrame>> {
@@ -230,6 +237,11 @@ impl LmModel {
     /// continues with the prompt's last frame, whose sampled tokens are the conversation's first.
     /// Equal to stepping: tests/personaplex_engine.rs.
     pub fn prefill_prompts(&self, st: &mut LmGenState) -> Result<usize> {
+        self.prefill_prompts_upto(st, usize::MAX)
+    }
+
+    /// As `prefill_prompts`, running at most `limit` steps (a prefill in chunks: `row_prefill`).
+    pub(super) fn prefill_prompts_upto(&self, st: &mut LmGenState, limit: usize) -> Result<usize> {
         let (b, cfg) = (st.batch(), self.config());
         let s0 = st.tokens().row_step(0);
         let mut left = usize::MAX;
@@ -239,7 +251,7 @@ impl LmModel {
                 _ => return Ok(0),
             }
         }
-        let n = left.saturating_sub(1);
+        let n = left.saturating_sub(1).min(limit);
         if n == 0 {
             return Ok(0);
         }

@@ -74,7 +74,9 @@ pub trait Noise: Send {
     fn fill(&mut self, rows: usize, k: usize, out: &mut Vec<f32>) -> Result<()>;
 }
 
-/// Deterministic noise from a seed (ChaCha8, portable across platforms).
+/// Deterministic noise from a seed (ChaCha8, portable across platforms). A clone continues
+/// from the same point of the stream.
+#[derive(Clone)]
 pub struct SeededNoise(ChaCha8Rng);
 
 impl SeededNoise {

@@ -196,6 +196,36 @@ impl TransformerState {
         }
     }
 
+    /// Make row `row` (of `batch`) continue `src`, a one-row state that ran alone from its own
+    /// position 0 (a joining row's prompt, prefilled on its own): its `src.offset()` positions are
+    /// copied into this state's last `src.offset()` positions of that row, and the row's start
+    /// moved back to them, so that its next step attends to exactly what `src`'s would, at the
+    /// same relative positions. The other rows are untouched. Needs this state to be at least
+    /// `src.offset()` positions in, and `src` within the ring's `capacity`.
+    pub fn splice_row(&mut self, row: usize, batch: usize, src: &TransformerState, capacity: usize) -> Result<()> {
+        let n = src.offset;
+        if n > self.offset || n > capacity || row >= batch {
+            return Err(EngineError::Streaming(format!(
+                "splice: {n} positions into row {row} of {batch} of a state at {} (ring of {capacity})",
+                self.offset
+            )));
+        }
+        if self.caches.len() != src.caches.len() {
+            self.caches = vec![KvCache::new(self.kv_cache); src.caches.len()];
+            for c in &mut self.caches {
+                c.skip(self.offset);
+            }
+        }
+        for (dst, s) in self.caches.iter_mut().zip(&src.caches) {
+            dst.splice_row(s, row, batch, capacity)?;
+        }
+        if self.starts.len() != batch {
+            self.starts = vec![0; batch];
+        }
+        self.starts[row] = self.offset - n;
+        Ok(())
+    }
+
     /// Forget the last `steps` steps so that they can be run again (their ring slots are then
     /// overwritten with the same positions). Only steps still held by the caches can be re-run.
     pub fn rewind(&mut self, steps: usize) {
