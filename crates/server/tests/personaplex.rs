@@ -1,7 +1,8 @@
 //! PersonaPlex through the session loop (no network): a conversation with a persona and a preset
-//! voice joins a batch where another conversation is talking; its slot is fed the prompt over the
-//! next frames while the other keeps getting a reply every frame, and its handshake comes after
-//! the prompt, as NVIDIA's server sends it. A Moshi without prompt training refuses prompts.
+//! voice joins a batch where another conversation is talking; its slot's prompt is prefilled on
+//! its own in chunks (`--prefill-positions`) while the other keeps getting a reply every frame,
+//! and its handshake comes after the prompt, as NVIDIA's server sends it: frames after the join,
+//! not the prompt's 77. A Moshi without prompt training refuses prompts.
 
 mod common;
 
@@ -50,6 +51,10 @@ fn kind(f: &WsFrame) -> String {
     }
 }
 
+fn limits(capacity: usize, max_output: usize, prefill_positions: usize) -> scheduler::BatchConfig {
+    scheduler::BatchConfig { capacity, max_input: 48_000, max_output, prefill_positions }
+}
+
 fn persona() -> PromptRequest {
     PromptRequest { text: "You are a helpful assistant named Ada.".into(), voice: Some(golden().join("voice.pt")) }
 }
@@ -58,7 +63,8 @@ fn persona() -> PromptRequest {
 async fn a_prompted_conversation_joins_a_talking_batch_and_shakes_hands_after_its_prompt() {
     let moshi = moshi_engine::model_files::MoshiFiles::from_dir(&golden()).unwrap().load(DType::F32, &Device::Cpu).unwrap();
     let metrics = Metrics::new();
-    let s = scheduler::spawn(moshi, RunOptions::default(), 2, 48_000, 256, metrics.clone()).unwrap();
+    // 32 positions per frame: the 76 prefilled positions take the join and two frames.
+    let s = scheduler::spawn(moshi, RunOptions::default(), limits(2, 256, 32), metrics.clone()).unwrap();
     // A talks (no prompt), its audio streamed in.
     let (a_out, mut a_rx) = mpsc::channel::<WsFrame>(1024);
     let (mut a_in, a_in_rx) = mpsc::channel::<Result<WsFrame, String>>(1024);
@@ -70,6 +76,12 @@ async fn a_prompted_conversation_joins_a_talking_batch_and_shakes_hands_after_it
         m.extend(page);
         a_in.send(Ok(WsFrame::Binary(m))).await.unwrap();
     }
+    // The batch is deeper than B's prompt once 77 frames have run (a younger one with someone
+    // talking makes the splice wait: tests/personaplex_engine.rs).
+    while metrics.frames_stepped.get() < 80 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    while a_rx.try_recv().is_ok() {}
     // B joins with a persona and a voice: 77 prompt frames (26 + 1 voice, 2 × 6 silence, 38 text).
     let (b_out, mut b_rx) = mpsc::channel::<WsFrame>(1024);
     let (_b_in, b_in_rx) = mpsc::channel::<Result<WsFrame, String>>(8);
@@ -79,7 +91,11 @@ async fn a_prompted_conversation_joins_a_talking_batch_and_shakes_hands_after_it
     let prompt_frames = metrics.frames_stepped.get() - stepped;
     assert_eq!(kind(&first), "metadata");
     assert_eq!(kind(&b_rx.next().await.unwrap()), "handshake");
-    assert!(prompt_frames >= 77, "the handshake came after {prompt_frames} frames, before the 77-frame prompt was fed");
+    assert!(
+        (2..=3).contains(&prompt_frames),
+        "the handshake came after {prompt_frames} frames: expected 2 (76 positions in chunks of 32, then the prompt's last frame)"
+    );
+    assert_eq!(metrics.prefill_positions.get(), 76);
     // A was answered every frame meanwhile.
     let mut a_audio = 0;
     while let Ok(f) = a_rx.try_recv() {
@@ -103,7 +119,7 @@ async fn a_prompted_conversation_joins_a_talking_batch_and_shakes_hands_after_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_without_prompt_training_refuses_a_prompt() {
     let metrics = Metrics::new();
-    let s = scheduler::spawn(common::tiny(), RunOptions::default(), 1, 48_000, 4, metrics.clone()).unwrap();
+    let s = scheduler::spawn(common::tiny(), RunOptions::default(), limits(1, 4, 256), metrics.clone()).unwrap();
     let (out_tx, out_rx) = mpsc::channel::<WsFrame>(8);
     let (_in_tx, in_rx) = mpsc::channel::<Result<WsFrame, String>>(1);
     let end = run_session(out_tx.sink_map_err(|e| e.to_string()), in_rx, ctx(&s, &metrics, Some(persona()))).await;

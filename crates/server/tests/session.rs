@@ -15,7 +15,8 @@ use moshi_server::scheduler::{self, SchedulerHandle};
 use moshi_server::session::{run_session, End, SessionCtx, WsFrame};
 
 fn batch(capacity: usize, metrics: &Metrics) -> SchedulerHandle {
-    scheduler::spawn(common::tiny(), RunOptions::default(), capacity, 48_000, 4, metrics.clone()).unwrap()
+    let limits = scheduler::BatchConfig { capacity, max_input: 48_000, max_output: 4, prefill_positions: 256 };
+    scheduler::spawn(common::tiny(), RunOptions::default(), limits, metrics.clone()).unwrap()
 }
 
 fn ctx(s: &SchedulerHandle, metrics: &Metrics, timeout: Duration) -> SessionCtx {
