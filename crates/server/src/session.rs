@@ -153,6 +153,18 @@ where
         self.send(WsFrame::Binary(m.encode())).await
     }
 
+    /// The closing handshake: our close frame answers the client's, its code echoed. A transport
+    /// that queued the answer itself when it read their frame (tungstenite refuses a second close)
+    /// sends it on a flush.
+    async fn answer_close(&mut self, c: Option<(u16, String)>) {
+        let _ = tokio::time::timeout(self.timeout, async {
+            if self.tx.send(WsFrame::Close(c)).await.is_err() {
+                let _ = self.tx.flush().await;
+            }
+        })
+        .await;
+    }
+
     /// Send an error message and a close frame (best effort), and return `end`.
     async fn fail(&mut self, kind: &str, code: u16, text: String, end: End) -> End {
         self.metrics.error(kind);
@@ -243,8 +255,7 @@ where
                 let frame = match incoming {
                     None => return End::ClientClosed,
                     Some(Ok(WsFrame::Close(c))) => {
-                        // The closing handshake: our close frame answers theirs (its code echoed).
-                        let _ = conn.send(WsFrame::Close(c)).await;
+                        conn.answer_close(c).await;
                         return End::ClientClosed;
                     }
                     Some(Err(e)) => match e.into() {
