@@ -118,12 +118,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        // Listening for signals before the address is printed: a supervisor may stop us at once.
+        let mut signals = Signals::new()?;
         let server = moshi_server::start(cfg, loaded.moshi).await?;
         eprintln!("moshi-rs serving on {} (open it in a browser; ctrl-c stops)", server.url());
         if let Some(m) = server.metrics_addr() {
             eprintln!("metrics on http://{m}/metrics");
         }
-        let mut signals = Signals::new()?;
         let first = signals.next().await;
         eprintln!("{first}: draining (no new conversations; a second signal ends the running ones at once)");
         server.drain(async move {
@@ -140,14 +141,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn new() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
-            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            Ok(Self { term })
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
         #[cfg(not(unix))]
         Ok(Self {})
@@ -159,7 +162,7 @@ impl Signals {
         {
             tokio::select! {
                 _ = self.term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = self.int.recv() => "SIGINT",
             }
         }
         #[cfg(not(unix))]
