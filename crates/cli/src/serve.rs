@@ -57,12 +57,44 @@ pub struct ServeArgs {
     /// the other conversations').
     #[arg(long, default_value_t = 256, value_parser = crate::values::positive, allow_negative_numbers = true)]
     pub prefill_positions: usize,
+    /// A Host name served besides loopback names and IP literals (repeatable; `*.example.org`
+    /// for the names under it, `*` for any): the name clients reach this server by.
+    #[arg(long = "allow-host")]
+    pub allow_host: Vec<String>,
+    /// API keys, one per line (`#` comments): /api/chat, /api/info and /metrics then need one, in
+    /// the `kyutai-api-key` header or the `auth_id` query parameter (as Kyutai's moshi-server).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Serve /metrics on this address of its own (e.g. 127.0.0.1:9100), without a key, and not
+    /// on the main port.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Seconds a connection may take for its TLS handshake or a request's headers (also how long
+    /// an idle keep-alive connection stays open).
+    #[arg(long, default_value_t = 10.0, value_parser = crate::values::positive_seconds, allow_negative_numbers = true)]
+    pub header_timeout: f64,
+    /// Seconds a conversation may go without audio from its client before it is ended (with an
+    /// error message).
+    #[arg(long, default_value_t = 30.0, value_parser = crate::values::positive_seconds, allow_negative_numbers = true)]
+    pub idle_timeout: f64,
+    /// Open connections at most; one more is refused at once.
+    #[arg(long, default_value_t = 512, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT: seconds the running conversations may go on (no new ones are taken)
+    /// before they are ended; a second signal ends them at once.
+    #[arg(long, default_value_t = 30.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
+    pub drain_seconds: f64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = &args.voice_prompt_dir {
         anyhow::ensure!(d.is_dir(), "--voice-prompt-dir {}: not a folder", d.display());
     }
+    // Read before the model loads, so that a bad file is named at once.
+    let api_keys = match &args.api_key_file {
+        Some(f) => Some(moshi_server::guard::ApiKeys::from_file(f).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
     let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let loaded = args.source.load(dtype, &device)?;
     eprintln!("model: {}", loaded.identity);
@@ -81,17 +113,68 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         model_name: loaded.identity.clone(),
         voice_prompt_dir: args.voice_prompt_dir,
         prefill_positions: args.prefill_positions,
+        allowed_hosts: args.allow_host,
+        api_keys,
+        metrics_addr: args.metrics_addr,
+        header_timeout_s: args.header_timeout,
+        idle_timeout_s: args.idle_timeout,
+        max_connections: args.max_connections,
+        drain_seconds: args.drain_seconds,
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        // Listening for signals before the address is printed: a supervisor may stop us at once.
+        let mut signals = Signals::new()?;
         let server = moshi_server::start(cfg, loaded.moshi).await?;
         eprintln!("moshi-rs serving on {} (open it in a browser; ctrl-c stops)", server.url());
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => eprintln!("stopping"),
-            _ = std::future::pending::<()>() => {}
+        if let Some(m) = server.metrics_addr() {
+            eprintln!("metrics on http://{m}/metrics");
         }
-        server.shutdown().await;
+        let first = signals.next().await;
+        eprintln!("{first}: draining (no new conversations; a second signal ends the running ones at once)");
+        server.drain(async move {
+            let second = signals.next().await;
+            eprintln!("{second}: ending the running conversations now");
+        })
+        .await;
+        eprintln!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// SIGTERM (what service managers and Kubernetes send) and SIGINT (ctrl-c).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
 }

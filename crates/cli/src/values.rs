@@ -18,6 +18,14 @@ pub fn seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A positive number of seconds (a timeout).
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    match seconds(s)? {
+        t if t > 0.0 => Ok(t),
+        _ => Err("a timeout must be more than 0 seconds".into()),
+    }
+}
+
 /// A count that must be at least 1.
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 
-use moshi_engine::audio::opus::{OpusHead, OpusHeadError, OpusPacketDecoder};
+use moshi_engine::audio::opus::{packet_samples_48k, OpusHead, OpusHeadError, OpusPacketDecoder};
 use opus_rs::{Application, OpusEncoder};
 
 use crate::ogg_stream::{OggOpusWriter, OggPacketStream, OggStreamError};
@@ -37,8 +37,8 @@ pub enum AudioInError {
     BadHead(String),
     #[error("{0} Opus packets in a row could not be decoded")]
     Undecodable(u64),
-    #[error("one message carried more than {0} samples of audio")]
-    TooMuchAudio(usize),
+    #[error("more than {0} bytes of audio without an Ogg page (is it Ogg Opus?)")]
+    NoPage(usize),
 }
 
 impl From<OpusHeadError> for AudioInError {
@@ -65,13 +65,32 @@ pub struct OpusInput {
     pub bad_packets: u64,
     /// Samples dropped because the buffer was full (the client sends faster than real time).
     pub dropped_samples: u64,
+    /// Samples (their packets' durations) skipped undecoded: the older part of a message holding
+    /// more audio than the buffer, which would be dropped anyway.
+    pub skipped_samples: u64,
+    /// Bytes without a page tolerated at most since the last page.
+    max_garbage: usize,
+    /// The Ogg reader's skipped bytes and pages when the last page was accepted.
+    garbage_mark: (u64, u64),
+}
+
+/// Samples at 24 kHz an audio packet is taken to hold when choosing what to decode: its TOC's
+/// duration; for an empty packet (concealment) the longest a packet can be; 0 for a packet whose
+/// TOC is invalid (it is counted as undecodable without being decoded).
+fn packet_samples(packet: &[u8]) -> usize {
+    match packet_samples_48k(packet) {
+        Some(n) => n as usize / 2,
+        None if packet.is_empty() => 2880,
+        None => 0,
+    }
 }
 
 /// After this many undecodable packets in a row the stream is declared broken.
 const MAX_BAD_IN_A_ROW: u64 = 50;
 
 impl OpusInput {
-    /// `max_pcm`: samples buffered at most; `max_ogg`: bytes of an incomplete page held at most.
+    /// `max_pcm`: samples buffered at most; `max_ogg`: bytes of an incomplete page held at most,
+    /// and bytes without any page tolerated in a row.
     pub fn new(max_pcm: usize, max_ogg: usize) -> Self {
         Self {
             ogg: OggPacketStream::new(max_ogg),
@@ -82,13 +101,31 @@ impl OpusInput {
             bad_in_a_row: 0,
             bad_packets: 0,
             dropped_samples: 0,
+            skipped_samples: 0,
+            max_garbage: max_ogg,
+            garbage_mark: (0, 0),
         }
     }
 
-    /// The payload of one audio message; returns the number of samples it added.
+    /// The payload of one audio message; returns the number of samples it added (decoded).
+    ///
+    /// A message may hold more audio than the buffer (a whole file on one long page, or thousands
+    /// of tiny packets): as with input sent faster than real time, the newest `max_pcm` samples are
+    /// kept. Only the packets that can end up in the buffer are decoded (chosen from the end by
+    /// their TOC durations); the older ones are skipped undecoded and counted in
+    /// `skipped_samples`, so that the time a message costs is bounded by the buffer, not by its
+    /// packet count.
     pub fn push(&mut self, bytes: &[u8]) -> Result<usize, AudioInError> {
-        let mut added = 0;
-        for packet in self.ogg.push(bytes)? {
+        let packets = self.ogg.push(bytes)?;
+        // Bytes that never form a page (not Ogg at all, or corrupt pages) are bounded too.
+        let (skipped, pages) = (self.ogg.skipped_bytes, self.ogg.pages);
+        if pages != self.garbage_mark.1 {
+            self.garbage_mark = (skipped, pages);
+        } else if skipped - self.garbage_mark.0 > self.max_garbage as u64 {
+            return Err(AudioInError::NoPage(self.max_garbage));
+        }
+        let mut audio = Vec::with_capacity(packets.len());
+        for packet in packets {
             self.packets += 1;
             if self.packets == 1 {
                 self.decoder = Some(OpusPacketDecoder::new(&OpusHead::parse(&packet)?));
@@ -97,20 +134,29 @@ impl OpusInput {
             if packet.starts_with(b"OpusTags") || packet.starts_with(b"OpusHead") {
                 continue;
             }
+            audio.push(packet);
+        }
+        // From the end: the packets whose audio fits in the buffer (and one more, partly kept).
+        let mut first = audio.len();
+        let mut held = 0;
+        while first > 0 && held < self.max_pcm {
+            first -= 1;
+            held += packet_samples(&audio[first]);
+        }
+        self.skipped_samples += audio[..first].iter().map(|p| packet_samples(p) as u64).sum::<u64>();
+        let mut added = 0;
+        for packet in &audio[first..] {
             // None only after the OpusHead was refused (an error already returned).
             let Some(decoder) = self.decoder.as_mut() else { continue };
-            match decoder.decode_mono(&packet) {
+            let decoded = if !packet.is_empty() && packet_samples_48k(packet).is_none() {
+                Err(()) // not a valid Opus packet (RFC 6716 §3.4): no decoder would take it
+            } else {
+                decoder.decode_mono(packet).map_err(|_| ())
+            };
+            match decoded {
                 Ok(mono) => {
                     self.bad_in_a_row = 0;
                     added += mono.len();
-                    // A message is a page or two of real-time audio; one that decodes to more
-                    // than the whole buffer (e.g. thousands of 1-byte "lost" packets, 120 ms
-                    // each) is refused before it costs memory or time.
-                    if added > self.max_pcm {
-                        self.pcm.clear();
-                        self.pcm.shrink_to(self.max_pcm);
-                        return Err(AudioInError::TooMuchAudio(self.max_pcm));
-                    }
                     self.pcm.extend(mono.iter().copied());
                     self.trim();
                 }
@@ -291,7 +337,8 @@ mod tests {
     #[test]
     fn tiny_packets_cannot_amplify_a_message() {
         // Empty packets decode as 120 ms of concealment each: 2000 of them in one message would
-        // be 240 s of audio from a few kB.
+        // be 240 s of audio from a few kB. Only the last 2 s worth are decoded; the rest are
+        // skipped and counted (issue 15, F7: before, the message closed the connection).
         let mut w = ogg::PacketWriter::new(Vec::new());
         w.write_packet(crate::ogg_stream::opus_head(3840, 48_000), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
         let mut input = OpusInput::new(SAMPLE_RATE * 2, 1 << 16);
@@ -300,9 +347,59 @@ mod tests {
             let end = if i % 200 == 199 { ogg::PacketWriteEndInfo::EndPage } else { ogg::PacketWriteEndInfo::NormalPacket };
             w.write_packet(Vec::new(), 1, end, i).unwrap();
         }
-        let e = input.push(&w.into_inner()).unwrap_err();
-        assert_eq!(e, AudioInError::TooMuchAudio(SAMPLE_RATE * 2));
+        let t = std::time::Instant::now();
+        let added = input.push(&w.into_inner()).unwrap();
+        assert!(added <= SAMPLE_RATE * 2 + 2880, "decoded {added}");
         assert!(input.available() <= SAMPLE_RATE * 2);
+        assert_eq!(input.skipped_samples, (2000 - (SAMPLE_RATE * 2).div_ceil(2880)) as u64 * 2880);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// Issue 15, F7: a valid page longer than the buffer (what sphn writes for a file: up to 255
+    /// packets a page) is trimmed like input sent too fast: the newest audio is kept, decoded as
+    /// the same samples as when it comes in small messages, and the rest is counted.
+    #[test]
+    fn a_long_page_is_trimmed_like_long_input() {
+        let mut enc = OpusEncoder::new(SAMPLE_RATE as i32, 1, Application::Voip).unwrap();
+        let mut w = ogg::PacketWriter::new(Vec::new());
+        w.write_packet(crate::ogg_stream::opus_head(3840, 48_000), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        w.write_packet(crate::ogg_stream::opus_tags("sphn"), 1, ogg::PacketWriteEndInfo::EndPage, 0).unwrap();
+        let head = std::mem::take(w.inner_mut());
+        // 5 s in 250 packets of 20 ms, all on one page.
+        let mut packet = vec![0u8; 4000];
+        let signal = tone(480 * 250);
+        for (i, chunk) in signal.chunks(480).enumerate() {
+            let n = enc.encode(chunk, 480, &mut packet).unwrap();
+            let end = if i == 249 { ogg::PacketWriteEndInfo::EndPage } else { ogg::PacketWriteEndInfo::NormalPacket };
+            w.write_packet(packet[..n].to_vec(), 1, end, 960 * (i as u64 + 1)).unwrap();
+        }
+        let page = w.into_inner();
+        let mut input = OpusInput::new(SAMPLE_RATE * 2, 1 << 17);
+        input.push(&head).unwrap();
+        let added = input.push(&page).unwrap();
+        assert_eq!(added, SAMPLE_RATE * 2, "exactly the packets that fit were decoded");
+        assert_eq!(input.available(), SAMPLE_RATE * 2);
+        assert_eq!(input.skipped_samples, 480 * 150);
+        assert_eq!(input.bad_packets, 0);
+    }
+
+    /// Issue 15, F6: bytes that never form an Ogg page were dropped for ever (a 3.4 GB flood kept
+    /// its slot); past `max_ogg` of them in a row the stream is refused by name.
+    #[test]
+    fn bytes_without_a_page_are_bounded() {
+        let mut input = OpusInput::new(SAMPLE_RATE, 1 << 17);
+        let zeros = vec![0u8; 1 << 16];
+        assert!(input.push(&zeros).is_ok());
+        assert!(input.push(&zeros).is_ok(), "128 KiB less 3 bytes: still tolerated");
+        assert_eq!(input.push(&zeros), Err(AudioInError::NoPage(1 << 17)));
+        // Garbage between valid pages is counted from the last page.
+        let mut out = OpusOutput::new(3);
+        let mut input = OpusInput::new(SAMPLE_RATE * 100, 1 << 17);
+        for frame in tone(1920 * 8).chunks(1920) {
+            input.push(&out.encode(frame).unwrap()).unwrap();
+            input.push(&vec![0x55; 100_000]).unwrap();
+        }
+        assert_eq!(input.available(), 1920 * 8);
     }
 
     #[test]

@@ -41,6 +41,24 @@ pub struct ServerConfig {
     /// PersonaPlex: prompt positions prefilled per frame for a conversation joining with a prompt
     /// (docs/serve.md: the handshake comes after ⌈positions / this⌉ frames at most).
     pub prefill_positions: usize,
+    /// `Host` names served besides loopback names and IP literals (`--allow-host`; `*.example.org`
+    /// and `*` work): DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// API keys (`--api-key-file`): `/api/chat`, `/api/info` and `/metrics` need one of them.
+    pub api_keys: Option<crate::guard::ApiKeys>,
+    /// Serve `/metrics` on this address (`host:port`) of its own, without a key, and not on the
+    /// main port (`--metrics-addr`).
+    pub metrics_addr: Option<String>,
+    /// Seconds a connection may take for its TLS handshake, and to send a request's headers
+    /// (also the idle time of a keep-alive connection between requests).
+    pub header_timeout_s: f64,
+    /// Seconds a conversation may go without audio from its client before it is ended.
+    pub idle_timeout_s: f64,
+    /// Open connections at most (one more is refused at once).
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT ([`crate::RunningServer::drain`]): seconds running conversations may go
+    /// on before they are ended.
+    pub drain_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +79,13 @@ impl Default for ServerConfig {
             send_timeout_s: 10.0,
             voice_prompt_dir: None,
             prefill_positions: 256,
+            allowed_hosts: Vec::new(),
+            api_keys: None,
+            metrics_addr: None,
+            header_timeout_s: 10.0,
+            idle_timeout_s: 30.0,
+            max_connections: 512,
+            drain_seconds: 30.0,
         }
     }
 }

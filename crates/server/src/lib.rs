@@ -4,12 +4,15 @@
 //! - [`protocol`]: the message codec; [`ogg_stream`] and [`audio_io`]: Ogg Opus in and out;
 //! - [`scheduler`]: the batch thread stepping every conversation slot each 80 ms;
 //! - [`session`]: one connection's loop, generic over any sink/stream of frames;
-//! - [`http`]: routes, origin check, TLS ([`tls`]), metrics ([`metrics`]); [`start`];
+//! - [`http`]: routes, [`start`] and the drain; [`guard`]: hosts, origins, API keys, security
+//!   headers; [`listen`]: the accept loop (timeouts, connection cap, TLS: [`tls`]); [`metrics`];
 //! - [`load`]: the loopback load generator behind `moshi-rs loadtest`.
 
 pub mod audio_io;
 pub mod config;
+pub mod guard;
 pub mod http;
+pub mod listen;
 pub mod load;
 pub mod metrics;
 pub mod ogg_stream;
@@ -20,3 +23,4 @@ pub mod tls;
 
 pub use config::{ServerConfig, SessionParams};
 pub use http::{start, RunningServer};
+pub use session::Phase;

@@ -11,6 +11,10 @@ pub struct Metrics {
     registry: Registry,
     pub active_conversations: IntGauge,
     pub conversation_slots: IntGauge,
+    /// Slots free for a new conversation (set when `/metrics` is read).
+    pub free_slots: IntGauge,
+    /// 1 while the server drains (after SIGTERM/SIGINT), else 0.
+    pub draining: IntGauge,
     pub connections: IntCounter,
     pub conversations_started: IntCounter,
     /// Seconds per batched model step (Mimi encode + LM + Mimi decode for every slot).
@@ -25,7 +29,8 @@ pub struct Metrics {
     pub output_dropped_frames: IntCounter,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
-    /// By kind: protocol, audio, params, capacity, origin, send_timeout, engine, socket, prefill.
+    /// By kind: protocol, audio, params, capacity, origin, host, auth, connections, idle, draining,
+    /// shutdown, send_timeout, engine, socket, prompt, prefill.
     pub errors: IntCounterVec,
     /// Seconds per prompt-prefill chunk (joining PersonaPlex conversations), and positions run.
     pub prefill_seconds: Histogram,
@@ -42,6 +47,8 @@ impl Metrics {
         let m = Self {
             active_conversations: IntGauge::new("moshi_active_conversations", "Conversations in progress").unwrap(),
             conversation_slots: IntGauge::new("moshi_conversation_slots", "Conversations the batch holds").unwrap(),
+            free_slots: IntGauge::new("moshi_free_slots", "Conversation slots free for a new client").unwrap(),
+            draining: IntGauge::new("moshi_draining", "1 while the server drains (refusing new conversations)").unwrap(),
             connections: IntCounter::new("moshi_connections_total", "WebSocket connections accepted").unwrap(),
             conversations_started: IntCounter::new("moshi_conversations_started_total", "Conversations started").unwrap(),
             step_seconds: Histogram::with_opts(
@@ -81,6 +88,8 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.active_conversations.clone())).unwrap();
         r.register(Box::new(m.conversation_slots.clone())).unwrap();
+        r.register(Box::new(m.free_slots.clone())).unwrap();
+        r.register(Box::new(m.draining.clone())).unwrap();
         r.register(Box::new(m.connections.clone())).unwrap();
         r.register(Box::new(m.conversations_started.clone())).unwrap();
         r.register(Box::new(m.step_seconds.clone())).unwrap();

@@ -5,12 +5,20 @@
 //! - bad query parameters, a full server, a malformed or oversized message, audio that is not Ogg
 //!   Opus, text frames: a type-5 error message naming the problem, then a close frame;
 //! - the client closing or vanishing: the slot is freed at once (the [`Ticket`] is dropped);
-//! - a client too slow to take a frame within `send_timeout_s`: closed.
+//! - a client too slow to take a frame within `send_timeout_s`: closed;
+//! - a client sending no audio for `idle_timeout`: an error message, close 1008;
+//! - a message above the transport's own size cap: an error message, close 1009;
+//! - the client's close frame: answered with one (RFC 6455 §5.5.1);
+//! - the server stopping after its drain ([`Phase::Stopping`]): an error message, close 1001.
+//!
+//! After our own close frame the socket is kept a moment (until the client's close, at most
+//! `LINGER`), so that the client reads our last messages before the connection goes.
 
 use std::fmt::Display;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::watch;
 
 use crate::audio_io::{OpusInput, OpusOutput, SAMPLE_RATE};
 use crate::config::SessionParams;
@@ -31,6 +39,7 @@ pub enum WsFrame {
 /// WebSocket close codes we use (RFC 6455 §7.4.1).
 pub mod close {
     pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
     pub const UNSUPPORTED: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
@@ -54,7 +63,38 @@ pub enum End {
     SendTimeout,
     /// The model failed.
     Engine(String),
+    /// No audio from the client for the idle timeout.
+    Idle,
+    /// The server stopped after its drain.
+    Shutdown,
 }
+
+/// Where the server is in its life: conversations are taken while `Serving`; `Draining` (after
+/// SIGTERM) refuses new ones and lets the others go on; `Stopping` ends those still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    Draining,
+    Stopping,
+}
+
+/// Why the transport stopped giving frames.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecvError {
+    /// A message or frame above the transport's own cap (the bytes named).
+    TooLarge(String),
+    /// Anything else: reset, broken pipe, protocol violation…
+    Socket(String),
+}
+
+impl From<String> for RecvError {
+    fn from(s: String) -> Self {
+        RecvError::Socket(s)
+    }
+}
+
+/// How long the socket is kept after our close frame, waiting for the client's.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What a session needs from the server.
 pub struct SessionCtx {
@@ -70,12 +110,18 @@ pub struct SessionCtx {
     pub max_input_samples: usize,
     /// Ogg stream serial of our audio.
     pub serial: u32,
+    /// A conversation whose client sends no audio for this long is ended.
+    pub idle_timeout: Duration,
+    /// The server's [`Phase`] (a sender dropped counts as `Serving` for ever).
+    pub phase: watch::Receiver<Phase>,
 }
 
 struct Conn<Tx> {
     tx: Tx,
     metrics: Metrics,
     timeout: Duration,
+    /// Our close frame went out.
+    closed: bool,
 }
 
 impl<Tx: Sink<WsFrame> + Unpin> Conn<Tx>
@@ -107,6 +153,18 @@ where
         self.send(WsFrame::Binary(m.encode())).await
     }
 
+    /// The closing handshake: our close frame answers the client's, its code echoed. A transport
+    /// that queued the answer itself when it read their frame (tungstenite refuses a second close)
+    /// sends it on a flush.
+    async fn answer_close(&mut self, c: Option<(u16, String)>) {
+        let _ = tokio::time::timeout(self.timeout, async {
+            if self.tx.send(WsFrame::Close(c)).await.is_err() {
+                let _ = self.tx.flush().await;
+            }
+        })
+        .await;
+    }
+
     /// Send an error message and a close frame (best effort), and return `end`.
     async fn fail(&mut self, kind: &str, code: u16, text: String, end: End) -> End {
         self.metrics.error(kind);
@@ -117,7 +175,7 @@ where
             while !reason.is_char_boundary(reason.len()) {
                 reason.pop();
             }
-            let _ = self.send(WsFrame::Close(Some((code, reason)))).await;
+            self.closed = self.send(WsFrame::Close(Some((code, reason)))).await.is_ok();
         }
         end
     }
@@ -129,9 +187,35 @@ where
     Tx: Sink<WsFrame> + Unpin,
     Tx::Error: Display,
     Rx: Stream<Item = Result<WsFrame, E>> + Unpin,
-    E: Display,
+    E: Into<RecvError>,
 {
-    let mut conn = Conn { tx, metrics: ctx.metrics.clone(), timeout: ctx.send_timeout };
+    let mut conn = Conn { tx, metrics: ctx.metrics.clone(), timeout: ctx.send_timeout, closed: false };
+    let end = session(&mut conn, &mut rx, ctx).await;
+    if conn.closed {
+        // Until the client's close frame (or its socket's end), reading what is still in flight.
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(f)) = rx.next().await {
+                if matches!(f, WsFrame::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    end
+}
+
+async fn session<Tx, Rx, E>(conn: &mut Conn<Tx>, rx: &mut Rx, mut ctx: SessionCtx) -> End
+where
+    Tx: Sink<WsFrame> + Unpin,
+    Tx::Error: Display,
+    Rx: Stream<Item = Result<WsFrame, E>> + Unpin,
+    E: Into<RecvError>,
+{
+    if *ctx.phase.borrow() != Phase::Serving {
+        let m = "the server is shutting down: try another one or later".to_string();
+        return conn.fail("draining", close::TRY_LATER, m.clone(), End::Refused(m)).await;
+    }
     let params = match ctx.params {
         Ok(p) => p,
         Err(e) => return conn.fail("params", close::POLICY, e.clone(), End::Refused(e)).await,
@@ -162,15 +246,28 @@ where
     }
     let mut input = OpusInput::new(ctx.max_input_samples, 1 << 17);
     let mut output = OpusOutput::new(ctx.serial);
+    let idle = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(idle);
+    let mut phase_open = true;
     loop {
         tokio::select! {
             incoming = rx.next() => {
                 let frame = match incoming {
-                    None | Some(Ok(WsFrame::Close(_))) => return End::ClientClosed,
-                    Some(Err(e)) => {
-                        ctx.metrics.error("socket");
-                        return End::SocketError(e.to_string());
+                    None => return End::ClientClosed,
+                    Some(Ok(WsFrame::Close(c))) => {
+                        conn.answer_close(c).await;
+                        return End::ClientClosed;
                     }
+                    Some(Err(e)) => match e.into() {
+                        RecvError::TooLarge(what) => {
+                            let m = format!("malformed message: {what} (the limit is {} bytes)", ctx.max_message_bytes);
+                            return conn.fail("protocol", close::TOO_BIG, m.clone(), End::BadInput(m)).await;
+                        }
+                        RecvError::Socket(e) => {
+                            ctx.metrics.error("socket");
+                            return End::SocketError(e);
+                        }
+                    },
                     Some(Ok(f)) => f,
                 };
                 let bytes = match frame {
@@ -197,11 +294,17 @@ where
                 };
                 match msg {
                     Message::Audio(payload) => {
-                        if let Err(e) = input.push(&payload) {
+                        let dropped_before = input.dropped_samples + input.skipped_samples;
+                        let pushed = input.push(&payload);
+                        ctx.metrics.input_dropped_samples.inc_by(input.dropped_samples + input.skipped_samples - dropped_before);
+                        if let Err(e) = pushed {
                             let m = format!("bad audio: {e}");
                             return conn.fail("audio", close::INVALID_PAYLOAD, m.clone(), End::BadInput(m)).await;
                         }
                         if let Some(samples) = input.take(input.available()) {
+                            if !samples.is_empty() {
+                                idle.as_mut().reset(tokio::time::Instant::now() + ctx.idle_timeout);
+                            }
                             let dropped = ticket.io.push_input(&samples);
                             ctx.metrics.input_dropped_samples.inc_by(dropped as u64);
                         }
@@ -231,6 +334,20 @@ where
                         let m = "the model stopped".to_string();
                         return conn.fail("engine", close::INTERNAL, m.clone(), End::Engine(m)).await;
                     }
+                }
+            }
+            () = &mut idle => {
+                let m = format!("no audio received for {:.0} s: the conversation is over (the server's --idle-timeout)", ctx.idle_timeout.as_secs_f64());
+                return conn.fail("idle", close::POLICY, m, End::Idle).await;
+            }
+            changed = ctx.phase.changed(), if phase_open => {
+                match changed {
+                    Err(_) => phase_open = false,
+                    Ok(()) if *ctx.phase.borrow() == Phase::Stopping => {
+                        let m = "the server is shutting down: this conversation has been ended".to_string();
+                        return conn.fail("shutdown", close::GOING_AWAY, m, End::Shutdown).await;
+                    }
+                    Ok(()) => {}
                 }
             }
         }

@@ -1,23 +1,13 @@
-//! HTTPS/WSS (`--cert`, `--key`): browsers allow the microphone only on localhost or HTTPS. A
-//! listener for axum that accepts TCP connections and completes TLS handshakes in their own tasks
-//! (a slow or silent client cannot hold up the others; handshakes time out after 10 s).
+//! HTTPS/WSS (`--cert`, `--key`): browsers allow the microphone only on localhost or HTTPS. The
+//! rustls configuration; handshakes happen in the accept loop (`listen.rs`), each in its own task
+//! (a slow or silent client cannot hold up the others) and under `--header-timeout`.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::{rustls, TlsAcceptor};
-
-pub struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
 
 /// Read a PEM certificate chain and private key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
@@ -37,53 +27,8 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
     Ok(cfg)
 }
 
-impl TlsListener {
-    pub fn new(tcp: TcpListener, cert: &Path, key: &Path) -> anyhow::Result<Self> {
-        let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, key)?));
-        let addr = tcp.local_addr()?;
-        let (tx, incoming) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { incoming, addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(c) => c,
-            // The accept task only ends when this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
+/// The acceptor of `--cert`/`--key` (handshakes are run by the accept loop, `listen.rs`, each in
+/// its connection's task and under the header timeout).
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    Ok(TlsAcceptor::from(Arc::new(server_config(cert, key)?)))
 }

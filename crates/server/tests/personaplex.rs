@@ -33,6 +33,8 @@ fn ctx(s: &SchedulerHandle, metrics: &Metrics, prompt: Option<PromptRequest>) ->
         send_timeout: Duration::from_secs(30),
         max_input_samples: 48_000,
         serial: 1,
+        idle_timeout: Duration::from_secs(30),
+        phase: tokio::sync::watch::channel(moshi_server::Phase::Serving).1,
     }
 }
 

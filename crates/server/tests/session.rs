@@ -29,6 +29,8 @@ fn ctx(s: &SchedulerHandle, metrics: &Metrics, timeout: Duration) -> SessionCtx 
         send_timeout: timeout,
         max_input_samples: 48_000,
         serial: 1,
+        idle_timeout: Duration::from_secs(30),
+        phase: tokio::sync::watch::channel(moshi_server::Phase::Serving).1,
     }
 }
 

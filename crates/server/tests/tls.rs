@@ -41,6 +41,8 @@ async fn https_with_the_given_certificate() {
     let mut out = String::new();
     let _ = tls.read_to_string(&mut out).await;
     assert!(out.starts_with("HTTP/1.1 200") && out.contains("\"status\":\"ok\""), "{out}");
+    // Issue 15, F9: HSTS under TLS.
+    assert!(out.to_ascii_lowercase().contains("strict-transport-security: max-age=31536000"), "{out}");
 
     // Plain HTTP on the TLS port: the handshake fails, nothing is served.
     let mut plain = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
@@ -56,4 +58,19 @@ async fn a_missing_key_is_named() {
     let cfg = ServerConfig { tls: Some((data("test-cert.pem"), data("no-such-key.pem"))), ..ServerConfig::local_test() };
     let e = moshi_server::start(cfg, common::tiny()).await.err().expect("refused").to_string();
     assert!(e.contains("--key") && e.contains("no-such-key.pem"), "{e}");
+}
+
+/// Issue 15, F2: a connection that completes no TLS handshake is closed after
+/// `--header-timeout` (it stayed open ≥ 90 s, and idle ones used up the file descriptors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_connection_is_closed() {
+    let cfg = ServerConfig { tls: Some((data("test-cert.pem"), data("test-key.pem"))), header_timeout_s: 1.0, ..ServerConfig::local_test() };
+    let s = moshi_server::start(cfg, common::tiny()).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "still open after 5 s");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(800), "{:?}", t.elapsed());
+    s.shutdown().await;
 }

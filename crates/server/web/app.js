@@ -38,6 +38,8 @@ let defaults = { ...FALLBACK, ...NEUTRAL }; // what the server does when a param
 let ready = null; // resolves once the server's defaults are in the form
 
 const $ = (id) => document.getElementById(id);
+// The server's API key, when it has keys: given to the page as /?auth_id=KEY.
+const AUTH_ID = new URLSearchParams(location.search).get('auth_id') || '';
 function setState(s) { status.state = s; render(); }
 function say(kind, text) { status.messageKind = kind; status.message = text; render(); }
 function fail(text) {
@@ -49,7 +51,8 @@ function fail(text) {
 // ---------------------------------------------------------------- server defaults ----------------
 async function loadInfo() {
   try {
-    const r = await fetch('api/info', { cache: 'no-store' });
+    const r = await fetch('api/info', { cache: 'no-store', headers: AUTH_ID ? { 'kyutai-api-key': AUTH_ID } : {} });
+    if (r.status === 401) throw new Error('HTTP 401: this server needs an API key; open the page as /?auth_id=YOUR_KEY');
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const info = status.info = await r.json();
     for (const [stream, [t, k]] of Object.entries(STREAMS)) {
@@ -203,7 +206,10 @@ async function connect() {
     if (conn !== c) return; // disconnected meanwhile
     status.chatQuery = chatQuery();
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    c.ws = new WebSocket(`${proto}//${location.host}/api/chat${status.chatQuery ? '?' : ''}${status.chatQuery}`);
+    // A key in the page's own URL (?auth_id=…) goes on to the WebSocket, in the query parameter
+    // Kyutai's servers read (a browser cannot set headers on a WebSocket); not shown in chatQuery.
+    const query = [status.chatQuery, AUTH_ID ? `auth_id=${encodeURIComponent(AUTH_ID)}` : ''].filter(Boolean).join('&');
+    c.ws = new WebSocket(`${proto}//${location.host}/api/chat${query ? '?' : ''}${query}`);
   } catch (e) {
     if (conn !== c) return;
     teardown();

@@ -62,6 +62,9 @@ pub struct OggPacketStream {
     pub foreign_pages: u64,
     /// Pages accepted (of the followed stream).
     pub pages: u64,
+    /// Bytes dropped while looking for a page: before a capture pattern, or the first byte of a
+    /// page that failed its checks (a reader of a network stream bounds what it tolerates).
+    pub skipped_bytes: u64,
 }
 
 const CAPTURE: &[u8; 4] = b"OggS";
@@ -82,6 +85,7 @@ impl OggPacketStream {
             since_packet: 0,
             foreign_pages: 0,
             pages: 0,
+            skipped_bytes: 0,
         }
     }
 
@@ -99,10 +103,12 @@ impl OggPacketStream {
             match self.buf.windows(4).position(|w| w == CAPTURE) {
                 Some(0) => {}
                 Some(i) => {
+                    self.skipped_bytes += i as u64;
                     self.buf.drain(..i);
                 }
                 None => {
                     let keep = self.buf.len().min(3);
+                    self.skipped_bytes += (self.buf.len() - keep) as u64;
                     self.buf.drain(..self.buf.len() - keep);
                     break;
                 }
@@ -169,6 +175,7 @@ impl OggPacketStream {
     fn skip_bad_page(&mut self) {
         self.corrupt_pages += 1;
         // Drop one byte: the search for the next capture pattern does the rest.
+        self.skipped_bytes += 1;
         self.buf.drain(..1);
         // A page may have been lost: a packet continued across it cannot be completed, and the
         // next page's continuation flag no longer matches. The reader's after-seek mode drops

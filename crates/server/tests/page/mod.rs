@@ -31,6 +31,8 @@ pub fn start_server() -> TestServer {
         let moshi = moshi_engine::tiny::load_moshi(candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let cfg = moshi_server::ServerConfig {
             max_conversations: 1,
+            // The insecure-origin check opens the page as http://moshi.test (mapped to 127.0.0.1).
+            allowed_hosts: vec!["moshi.test".into()],
             defaults: GenConfig {
                 text: SamplingConfig::sampled(TEXT_TEMPERATURE, TEXT_TOP_K),
                 audio: SamplingConfig::greedy(),
