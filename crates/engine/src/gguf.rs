@@ -251,7 +251,7 @@ pub fn quantize_checkpoint(inputs: &[PathBuf], out: &Path) -> Result<QuantizeRep
         let qt = if crate::exec::is_q8_shape(t.dims()) {
             crate::exec::quantize_q8(&t, &Device::Cpu)?
         } else {
-            QTensor::quantize(&t, GgmlDType::F32)?
+            QTensor::quantize(&crate::exec::quant::owned_f32(&t)?, GgmlDType::F32)?
         };
         q.push((piece.name.as_str(), qt));
     }

@@ -84,12 +84,19 @@ impl QWeight {
 /// the CPU in f32 (Candle's reference quantizer), so the same values give the same bytes
 /// whatever the device and the dtype the model runs in.
 pub fn quantize_q8(w: &Tensor, device: &Device) -> candle_core::Result<QTensor> {
-    let w = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-    let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+    let q = QTensor::quantize(&owned_f32(w)?, GgmlDType::Q8_0)?;
     match device {
         Device::Cpu => Ok(q),
         _ => QTensor::new(candle_core::quantized::QStorage::from_data(q.data()?, device, GgmlDType::Q8_0)?, q.shape()),
     }
+}
+
+/// `w`'s values in f32 on the CPU, in storage of their own. Candle's quantizer reads a tensor's
+/// storage from its start whatever the view (a narrowed step of a stacked projection would be
+/// quantized from step 0's rows), so it is only ever given a fresh copy.
+pub fn owned_f32(w: &Tensor) -> candle_core::Result<Tensor> {
+    let v = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Tensor::from_vec(v, w.shape(), &Device::Cpu)
 }
 
 /// x [.., k] · wᵀ for an 8-bit weight [n, k]: the output in x's dtype (f32 or bf16; the
