@@ -58,8 +58,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = &args.voice_prompt_dir {
         anyhow::ensure!(d.is_dir(), "--voice-prompt-dir {}: not a folder", d.display());
     }
-    let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
-    let loaded = args.source.load(dtype, &device)?;
+    let device = crate::model::device(args.runtime.device)?;
+    let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
     eprintln!("model: {}", loaded.identity);
     let defaults = args.sampling.gen_config();
     let cfg = ServerConfig {

@@ -100,6 +100,11 @@ impl Depformer {
         self.inputs.iter().chain(&self.heads).map(Linear::bytes).sum::<usize>() + embs + self.transformer.weight_bytes()
     }
 
+    /// Bytes of the embedding tables.
+    pub fn table_bytes(&self) -> usize {
+        self.embs.iter().map(ZeroableEmbedding::bytes).sum()
+    }
+
     /// Number of steps (codebooks generated per time step).
     pub fn steps(&self) -> usize {
         self.heads.len()

@@ -168,6 +168,15 @@ impl LmModel {
         self.temporal.weight_bytes() + self.depformer.weight_bytes()
     }
 
+    /// Bytes a streaming step reads in full: every weight but the embedding tables (a step
+    /// gathers a few of their rows), as stored; only the depformer steps a frame runs
+    /// (PersonaPlex: 8 of 16). Over a step's time, the achieved weight bandwidth.
+    pub fn streamed_weight_bytes(&self) -> usize {
+        let dep = self.depformer.weight_bytes() - self.depformer.table_bytes();
+        let run = self.cfg.agent_streams().min(self.cfg.dep_q);
+        self.temporal.weight_bytes() - self.temporal.table_bytes() + dep * run / self.cfg.dep_q.max(1)
+    }
+
     pub fn config(&self) -> &LmConfig {
         &self.cfg
     }

@@ -262,6 +262,11 @@ impl Temporal {
         t.elem_count() * t.dtype().size_in_bytes() + self.transformer.weight_bytes() + self.out_norm.weight_bytes() + self.text_linear.bytes()
     }
 
+    /// Bytes of the embedding tables.
+    pub fn table_bytes(&self) -> usize {
+        self.embeddings.table.elem_count() * self.embeddings.table.dtype().size_in_bytes()
+    }
+
     /// Whether the linear layers are 8-bit (the text head is, whenever any is).
     pub fn is_q8(&self) -> bool {
         self.text_linear.q8_weight().is_some()
