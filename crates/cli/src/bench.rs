@@ -71,10 +71,18 @@ pub fn ascii_plot(times: &[f64], budget: f64) -> String {
     s
 }
 
+/// This process's resident memory (GB) as Linux reports it (`VmRSS`); None elsewhere. With the
+/// weights mapped from a file it counts the pages touched so far.
+pub fn host_rss_gb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024.0 / 1e9)
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (dev, dt) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
     let t0 = std::time::Instant::now();
-    let loaded = args.source.load(dt, &dev)?;
+    let loaded = args.source.load_with(&args.runtime.load_options(), &dev)?;
     eprintln!("model ready in {:.1} s: {}", t0.elapsed().as_secs_f64(), loaded.identity);
     for &batch in &args.batch {
         if let Err(e) = bench_batch(&args, &loaded, batch, &dev, dt) {
@@ -125,7 +133,11 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     let total_col = &stages[5].1;
     let mut json = serde_json::Map::new();
     // Weight bandwidth: every LM weight but the embedding tables is read once per step.
-    let weight_bytes = moshi.lm.config().streamed_params() * dt.size_in_bytes();
+    let weight_bytes = moshi.lm.streamed_weight_bytes();
+    let _ = dt;
+    json.insert("weights".into(), serde_json::json!(moshi.lm.weight_format().name()));
+    json.insert("lm_weights_total_gb".into(), serde_json::json!(moshi.lm.weight_bytes() as f64 / 1e9));
+    json.insert("host_rss_gb".into(), serde_json::json!(host_rss_gb()));
     let lm_med = pct(&stages[3].1, 0.5);
     json.insert("lm_weight_gb".into(), serde_json::json!(weight_bytes as f64 / 1e9));
     json.insert("lm_weight_bandwidth_tb_s".into(), serde_json::json!(weight_bytes as f64 / (lm_med * 1e-3) / 1e12));

@@ -40,10 +40,24 @@ pub fn refuse_unsupported(repo: &str) -> anyhow::Result<()> {
     if name.contains("mlx") {
         bail!("{repo} is an MLX checkpoint (for Apple's MLX framework), which moshi-rs does not read; use kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16 (these run on Macs with --device metal)");
     }
+    // Kyutai's 8-bit Candle repositories (a q8 GGUF) are read; other quantized layouts are not.
+    if is_candle_q8(&name) {
+        return Ok(());
+    }
     if ["-q4", "-q8", "gguf", "int8", "int4"].iter().any(|q| name.contains(q)) {
-        bail!("{repo} holds quantized weights, which moshi-rs does not read yet; use its bf16 repository (e.g. kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16)");
+        bail!("{repo} holds quantized weights in a layout moshi-rs does not read; use kyutai/moshiko-candle-q8 (8-bit) or a bf16 repository (e.g. kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16)");
     }
     Ok(())
+}
+
+/// `kyutai/moshiko-candle-q8`, `moshika-candle-q8`: Kyutai's q8 GGUF LM (`model.q8.gguf`).
+fn is_candle_q8(lower: &str) -> bool {
+    lower.contains("candle") && lower.ends_with("-q8")
+}
+
+/// The released names a repo without `config.json` has: the 8-bit LM file in Kyutai's q8 repos.
+fn released_for(repo: &str) -> Manifest {
+    if is_candle_q8(&repo.to_ascii_lowercase()) { Manifest::released_q8() } else { Manifest::released() }
 }
 
 fn offline() -> bool {
@@ -99,10 +113,10 @@ fn manifest(api: Option<&Api>, repo: &str) -> anyhow::Result<Manifest> {
     if let Some(p) = is_cached(repo, "config.json") {
         return Ok(Manifest::from_config_json(&p)?);
     }
-    let Some(api) = api else { return Ok(Manifest::released()) };
+    let Some(api) = api else { return Ok(released_for(repo)) };
     match api.model(repo.to_string()).get("config.json") {
         Ok(p) => Ok(Manifest::from_config_json(&p)?),
-        Err(e) if http_status(&e) == Some(404) => Ok(Manifest::released()),
+        Err(e) if http_status(&e) == Some(404) => Ok(released_for(repo)),
         Err(e) => Err(download_error(e, repo, "config.json")),
     }
 }
@@ -140,7 +154,7 @@ pub fn resolve(repo: &str, need: Need) -> anyhow::Result<RepoFiles> {
 pub fn cached(repo: &str, need: Need) -> Option<RepoFiles> {
     let manifest = match is_cached(repo, "config.json") {
         Some(p) => Manifest::from_config_json(&p).ok()?,
-        None => Manifest::released(),
+        None => released_for(repo),
     };
     let mut names = vec![manifest.mimi.clone()];
     names.extend(manifest.mimi_config.iter().cloned());
@@ -161,13 +175,19 @@ mod tests {
 
     #[test]
     fn unsupported_layouts_are_named() {
-        for repo in ["kyutai/moshiko-mlx-q4", "kyutai/moshika-mlx-bf16", "kyutai/moshiko-candle-q8", "kyutai/moshiko-pytorch-q8"] {
+        for repo in ["kyutai/moshiko-mlx-q4", "kyutai/moshika-mlx-bf16", "kyutai/moshiko-mlx-q8", "kyutai/moshiko-pytorch-q8"] {
             let e = refuse_unsupported(repo).unwrap_err().to_string();
             assert!(e.starts_with(repo), "{e}");
         }
-        for repo in ["kyutai/moshiko-pytorch-bf16", "kyutai/moshiko-candle-bf16", "nvidia/personaplex-7b-v1"] {
+        for repo in ["kyutai/moshiko-pytorch-bf16", "kyutai/moshiko-candle-bf16", "nvidia/personaplex-7b-v1", "kyutai/moshiko-candle-q8", "kyutai/moshika-candle-q8"] {
             assert!(refuse_unsupported(repo).is_ok(), "{repo}");
         }
+    }
+
+    #[test]
+    fn q8_repos_without_config_name_the_gguf() {
+        assert_eq!(released_for("kyutai/moshiko-candle-q8").lm, "model.q8.gguf");
+        assert_eq!(released_for("kyutai/moshiko-candle-bf16").lm, "model.safetensors");
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
     let weights = random_weights_with(cfg, dtype, dev, &mut |d, t| bar.update(d, t))?;
     drop(bar);
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
-    let model = LmModel::from_tensors(cfg, weights, dtype, dev)?;
+    let model = LmModel::from_tensors_with(cfg, weights, &args.runtime.load_options(), dev)?;
     eprintln!("random full-width LM: {params} parameters ({} temporal layers) in {:.1} s", cfg.num_layers, t0.elapsed().as_secs_f64());
 
     // The whole step, as a conversation runs it (default sampling).
@@ -216,13 +216,16 @@ fn bench(cfg: &LmConfig, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let layer_med: Vec<f64> = layer_ms.iter().map(|v| round3(median(v))).collect();
     let dep_med: Vec<f64> = dep_ms.iter().map(|v| round3(median(v))).collect();
-    let weight_bytes = cfg.streamed_params() * dtype.size_in_bytes();
+    let weight_bytes = model.streamed_weight_bytes();
     let res = serde_json::json!({
         "step_ms_median": round3(median(&step_ms)),
         "step_ms_p99": round3(percentile(&step_ms, 0.99)),
         "temporal_ms_median": round3(median(&temporal_ms)),
         "depformer_ms_median": round3(median(&depformer_ms)),
         "weight_gb": weight_bytes as f64 / 1e9,
+        "weights": model.weight_format().name(),
+        "lm_weights_total_gb": model.weight_bytes() as f64 / 1e9,
+        "host_rss_gb": crate::bench::host_rss_gb(),
         "weight_bandwidth_tb_s": round3(weight_bytes as f64 / (median(&step_ms) * 1e-3) / 1e12),
         "kv_cache": kv_name,
         "kv_cache_gb": cache_bytes as f64 / 1e9,

@@ -51,8 +51,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         match &args.url {
             Some(url) => moshi_server::load::run(&with_query(url), &plan, &audio, None).await,
             None => {
-                let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
-                let loaded = args.source.load(dtype, &device)?;
+                let device = crate::model::device(args.runtime.device)?;
+                let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
                 eprintln!("model: {}", loaded.identity);
                 let cfg = ServerConfig {
                     max_conversations: args.slots.unwrap_or(args.conversations),

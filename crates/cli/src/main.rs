@@ -6,6 +6,7 @@ mod codec;
 mod hub;
 mod lm;
 mod progress;
+mod quantize;
 mod loadtest;
 mod model;
 mod paths;
@@ -54,6 +55,10 @@ enum Command {
         #[command(subcommand)]
         command: lm::LmCommand,
     },
+    /// Write an LM checkpoint (safetensors, Kyutai's PyTorch or Candle layout) as an 8-bit GGUF
+    /// in Kyutai's q8 layout (what kyutai/moshiko-candle-q8 ships, and what --weights q8 makes
+    /// at load), for faster starts: IN OUT.gguf. Holds the 8-bit model in memory (≈ 8.2 GB for the 7B).
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Codec { command } => codec::run(command),
         Command::Lm { command } => lm::run(command),
         Command::Verify { command } => verify::run(command),
+        Command::Quantize(args) => quantize::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

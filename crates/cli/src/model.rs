@@ -63,6 +63,29 @@ pub struct RuntimeArgs {
     /// the tokens are the same). No effect elsewhere.
     #[arg(long, value_enum, default_value = "on")]
     pub cuda_graphs: OnOff,
+    /// How the LM's linear layers are stored: as the checkpoint has them (in --dtype; a GGUF's
+    /// 8-bit layers stay 8-bit), or q8: quantized to 8 bits (Q8_0, Kyutai's model.q8.gguf
+    /// format) at load, half of bf16's memory. Activations stay in --dtype.
+    #[arg(long, value_enum, default_value = "model")]
+    pub weights: WeightsArg,
+}
+
+/// `--weights`: how the LM's weights are stored once loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    /// As the checkpoint has them, in the LM's dtype.
+    Model,
+    /// 8-bit (Q8_0) linear layers, quantized at load.
+    Q8,
+}
+
+impl WeightsArg {
+    pub fn format(self) -> moshi_engine::weights::WeightFormat {
+        match self {
+            WeightsArg::Model => moshi_engine::weights::WeightFormat::Model,
+            WeightsArg::Q8 => moshi_engine::weights::WeightFormat::Q8,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +103,11 @@ pub enum SamplerArg {
 }
 
 impl RuntimeArgs {
+    /// What the loader is asked for: the LM's dtype and how its weights are stored.
+    pub fn load_options(&self) -> moshi_engine::weights::LoadOptions {
+        moshi_engine::weights::LoadOptions::dtype(dtype(self.dtype)).with_weights(self.weights.format())
+    }
+
     /// The run's options: the KV cache and the sampler (the device and dtype go to the loader).
     pub fn run_options(&self) -> moshi_engine::exec::RunOptions {
         let sampler = match self.sampler {

@@ -151,7 +151,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let paths = args.paths()?;
     args.source.precheck()?;
     let prompt_spec = args.persona.spec()?;
-    let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
+    let device = crate::model::device(args.runtime.device)?;
     let device_s = launch.elapsed().as_secs_f64();
 
     tracing::info!(input = %paths.input.display(), "reading the input");
@@ -161,7 +161,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let t_load = Instant::now();
-    let loaded = args.source.load(dtype, &device)?;
+    let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let moshi: &Moshi = &loaded.moshi;
     eprintln!("model: {}", loaded.identity);
@@ -261,6 +261,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "model": loaded.identity,
         "device": cli_name(&args.runtime.device),
         "dtype": cli_name(&args.runtime.dtype),
+        "weights": loaded.moshi.lm.weight_format().name(),
         "kv_cache": cli_name(&args.runtime.kv_cache),
         "sampler": cli_name(&args.runtime.sampler),
         // From this command's start: the device made ready, the model read and placed on it,

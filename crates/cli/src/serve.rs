@@ -95,8 +95,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(f) => Some(moshi_server::guard::ApiKeys::from_file(f).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    let (device, dtype) = (crate::model::device(args.runtime.device)?, crate::model::dtype(args.runtime.dtype));
-    let loaded = args.source.load(dtype, &device)?;
+    let device = crate::model::device(args.runtime.device)?;
+    let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
     eprintln!("model: {}", loaded.identity);
     let defaults = args.sampling.gen_config();
     let cfg = ServerConfig {

@@ -14,6 +14,7 @@ use moshi_engine::conversation::Moshi;
 use moshi_engine::lm::LmConfig;
 use moshi_engine::mimi::MimiConfig;
 use moshi_engine::model_files::MoshiFiles;
+use moshi_engine::weights::LoadOptions;
 
 use crate::hub::{self, Need};
 
@@ -23,13 +24,14 @@ pub const DEFAULT_REPO: &str = "kyutai/moshiko-pytorch-bf16";
 #[derive(Debug, Clone, Args)]
 pub struct MoshiSource {
     /// `tiny` (embedded, random weights: a correctness anchor, not speech), a folder, or a Hugging
-    /// Face repo id such as kyutai/moshiko-pytorch-bf16 or kyutai/moshiko-candle-bf16. Default:
+    /// Face repo id such as kyutai/moshiko-pytorch-bf16, kyutai/moshiko-candle-bf16 or
+    /// kyutai/moshiko-candle-q8 (8-bit GGUF). Default:
     /// kyutai/moshiko-pytorch-bf16 when already cached, else tiny. `random` (or `random:LAYERS`):
     /// the full-size architecture with random weights made on the device, for benchmarks;
     /// `random-personaplex[:LAYERS]` the same for PersonaPlex (16-step depformer).
     #[arg(long, visible_alias = "hf-repo")]
     pub model: Option<String>,
-    /// LM weights (safetensors, Kyutai's PyTorch or Candle layout): replaces the model's, or with
+    /// LM weights (safetensors, Kyutai's PyTorch or Candle layout, or Kyutai's q8 GGUF): replaces the model's, or with
     /// --mimi-weights and --tokenizer stands alone.
     #[arg(long, visible_alias = "moshi-weight")]
     pub lm_weights: Option<PathBuf>,
@@ -133,8 +135,13 @@ impl MoshiSource {
     /// Load the model; the device is synchronized before returning (the model may then be used
     /// from another thread's stream: see `moshi_engine::prepare_device`).
     pub fn load(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
+        self.load_with(&LoadOptions::dtype(dtype), device)
+    }
+
+    /// As `load`, the LM as `options` say (its dtype, 8-bit weights or not).
+    pub fn load_with(&self, options: &LoadOptions, device: &Device) -> anyhow::Result<Loaded> {
         self.precheck()?;
-        let loaded = self.load_unsynced(dtype, device)?;
+        let loaded = self.load_unsynced(options, device)?;
         device.synchronize().context("synchronizing the device after loading")?;
         Ok(loaded)
     }
@@ -164,17 +171,18 @@ impl MoshiSource {
         })
     }
 
-    fn load_unsynced(&self, dtype: DType, device: &Device) -> anyhow::Result<Loaded> {
+    fn load_unsynced(&self, options: &LoadOptions, device: &Device) -> anyhow::Result<Loaded> {
+        let dtype = options.dtype;
         let (mut files, mut identity) = match self.base()? {
             Base::Tiny => {
                 tracing::info!(?dtype, ?device, "loading the embedded tiny model");
-                return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi(dtype, device)?, identity: "tiny (embedded)".into() });
+                return Ok(Loaded { moshi: moshi_engine::tiny::load_moshi_with(options, device)?, identity: "tiny (embedded)".into() });
             }
             Base::Random(layers, personaplex) => {
                 tracing::info!(layers, personaplex, ?dtype, ?device, "drawing a random full-size model");
                 let bar = crate::progress::WeightsBar::new("drawing random weights");
                 let cfg = moshi_engine::random_model::random_lm_config(layers, personaplex);
-                let moshi = moshi_engine::random_model::build_config_on(cfg, dtype, device, &mut |d, t| bar.update(d, t))?;
+                let moshi = moshi_engine::random_model::build_config_on_with(cfg, options, device, &mut |d, t| bar.update(d, t))?;
                 let what = if personaplex { " PersonaPlex" } else { "" };
                 return Ok(Loaded { moshi, identity: format!("random full-size{what} ({layers} temporal layers), made on the device") });
             }
@@ -212,6 +220,6 @@ impl MoshiSource {
         if !replaced.is_empty() && !identity.starts_with("files:") {
             identity = format!("{identity} with {}", replaced.join(", "));
         }
-        Ok(Loaded { moshi: files.load(dtype, device)?, identity })
+        Ok(Loaded { moshi: files.load_with(options, device)?, identity })
     }
 }

@@ -56,6 +56,11 @@ pub enum VerifyCommand {
         /// KV cache kinds to stream the LM with (comma-separated), each compared with the CPU.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "model")]
         kv_cache: Vec<crate::model::KvCacheArg>,
+        /// Also the `lm q8` group: the same weights quantized to 8 bits at load on --device in
+        /// --dtype, every temporal layer and head against the CPU in f32, greedy agreement
+        /// beside the --dtype path's (skipped for a checkpoint that is 8-bit already).
+        #[arg(long, value_enum, default_value = "on")]
+        q8: crate::model::OnOff,
     },
 }
 
@@ -98,7 +103,8 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
             let fault = inject_fault.as_deref().map(str::parse::<moshi_engine::verify::ops::Fault>).transpose()?;
             report("verify ops", &moshi_engine::verify::ops::run(&dev, fault)?)
         }
-        VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale, kv_cache } => {
+        VerifyCommand::Model { source, device, dtype, frames, inject_fault_layer, fault_scale, kv_cache, q8 } => {
+            let q8_opts = moshi_engine::weights::LoadOptions::dtype(crate::model::dtype(dtype)).with_weights(moshi_engine::weights::WeightFormat::Q8);
             let kv_cache: Vec<_> = kv_cache.into_iter().map(crate::model::KvCacheArg::kind).collect();
             let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
             let cpu = candle_core::Device::Cpu;
@@ -107,7 +113,7 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
                 Some(layers) => Some((layers, true)),
                 None => model.and_then(|m| crate::sources::random_layers(m, 2)).map(|l| (l, false)),
             };
-            let (reference, dut, identity) = match random {
+            let (reference, dut, q8_dut, identity) = match random {
                 // `random[-personaplex]` or `…:LAYERS`: full-size random weights, made once, built twice.
                 Some((layers, personaplex)) => {
                     let layers = layers?;
@@ -117,19 +123,37 @@ pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
                     let w = moshi_engine::random_model::RandomMoshi::with_config_on(cfg, &dev, &mut |d, t| bar.update(d, t))?;
                     drop(bar);
                     let (r, d) = (w.build(candle_core::DType::F32, &cpu)?, w.build(dt, &dev)?);
+                    let q = if q8 == crate::model::OnOff::On { Some(w.build_with(&q8_opts, &dev)?) } else { None };
                     eprintln!("random weights drawn on {dev:?} and built twice in {:.1} s", t0.elapsed().as_secs_f64());
                     let what = if personaplex { " PersonaPlex" } else { "" };
-                    (r, d, format!("random full-size{what}, {layers} temporal layers"))
+                    (r, d, q, format!("random full-size{what}, {layers} temporal layers"))
                 }
                 None => {
                     let r = source.load(candle_core::DType::F32, &cpu)?;
                     let d = source.load(dt, &dev)?;
-                    (r.moshi, d.moshi, r.identity)
+                    let already_q8 = r.moshi.lm.weight_format() == moshi_engine::weights::WeightFormat::Q8;
+                    if already_q8 && q8 == crate::model::OnOff::On {
+                        eprintln!("the checkpoint is 8-bit already: its CPU reference is its own 8-bit weights, no separate q8 group");
+                    }
+                    let q = if q8 == crate::model::OnOff::On && !already_q8 { Some(source.load_with(&q8_opts, &dev)?.moshi) } else { None };
+                    (r.moshi, d.moshi, q, r.identity)
                 }
             };
             eprintln!("model: {identity}; {} {} against cpu f32, {frames} frames", crate::model::cli_name(&device), crate::model::cli_name(&dtype));
             let fault = inject_fault_layer.map(|layer| LayerFault { layer, scale: fault_scale });
-            let checks = moshi_engine::verify::model::run(&reference, &dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
+            let mut checks = moshi_engine::verify::model::run(&reference, &dut, frames, Tolerances::for_dtype(dt), fault, &kv_cache)?;
+            if let Some(q) = &q8_dut {
+                checks.extend(moshi_engine::verify::model::run_q8(&reference, q, frames, Tolerances::q8())?);
+                let agree = |g: &str, n: &str| checks.iter().find(|c| c.group == g && c.name == n).map(|c| 100.0 * (1.0 - c.max_rel));
+                for (what, a, b) in [
+                    ("text", agree("lm temporal", "greedy text (agreement)"), agree("lm q8", "greedy text (agreement)")),
+                    ("audio", agree("lm depformer", "greedy audio (agreement)"), agree("lm q8", "greedy audio (agreement)")),
+                ] {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        eprintln!("greedy {what} agreement with the CPU f32 path over {frames} frames: {} {a:.1}%, q8 {b:.1}% ({:+.1} points)", crate::model::cli_name(&dtype), b - a);
+                    }
+                }
+            }
             report("verify model", &checks)
         }
     }

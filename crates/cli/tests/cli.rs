@@ -187,11 +187,12 @@ fn verify_golden_passes_and_names_the_first_broken_stage() {
 #[test]
 fn verify_model_names_the_faulty_layer() {
     // 15 whole-sequence checks, 4 per streamed KV cache kind, then `lm sampled` (one row on the
-    // CPU: device vs host sampler; CUDA adds the graph row).
+    // CPU: device vs host sampler; CUDA adds the graph row), then `lm q8` (11).
     let ok = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--kv-cache", "model,int8"]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(stdout.contains("all 24 checks passed") && stdout.contains("lm sampled"), "{stdout}");
+    // … and the `lm q8` group: 2 layers, out_norm, 2 heads, 2 agreements; streamed, 4.
+    assert!(stdout.contains("all 35 checks passed") && stdout.contains("lm sampled") && stdout.contains("lm q8 streamed"), "{stdout}");
     assert!(stdout.contains("lm streamed, 8-bit KV cache") && stdout.contains("lm streamed, model-dtype KV cache"), "{stdout}");
     let bad = run(&["verify", "model", "--model", "tiny", "--frames", "4", "--inject-fault-layer", "1"]);
     assert!(!bad.status.success());
@@ -317,4 +318,37 @@ fn run_refuses_prompts_it_cannot_honour() {
     // Kyutai's Moshi has no prompt training: refused, not ignored.
     assert_clean_failure(&["run", "--model", "tiny", "--text-prompt", "You are Ada.", i, o], "no prompt training");
     assert_clean_failure(&["run", "--model", dir.to_str().unwrap(), "--voice-prompt", "NOPE", "--voice-prompt-dir", dir.to_str().unwrap(), i, o], "NOPE.pt");
+}
+
+/// `quantize` writes the tiny LM as Kyutai's q8 GGUF; `run` with it and `run --weights q8` on the
+/// safetensors give the same reply, bit for bit, and it differs from the float model's; bad
+/// arguments are named.
+#[test]
+fn quantize_then_run_equals_weights_q8() {
+    let (input, tiny) = (repo().join("assets/hello.wav"), repo().join("golden/moshi_tiny"));
+    let gguf = tmp("tiny.q8.gguf");
+    let q = run(&["quantize", tiny.join("model.safetensors").to_str().unwrap(), gguf.to_str().unwrap(), "--config", tiny.join("config.json").to_str().unwrap()]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&q.stdout).trim()).unwrap();
+    assert_eq!((report["tensors"].as_u64(), report["q8_tensors"].as_u64()), (Some(151), Some(96)), "{report}");
+    let sha = |extra: &[&str], name: &str| {
+        let out = tmp(name);
+        let mut args = vec!["run", input.to_str().unwrap(), out.to_str().unwrap(), "--model", tiny.to_str().unwrap(), "--max-steps", "20"];
+        args.extend_from_slice(extra);
+        let r = run(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+        (j["output_pcm_sha256"].as_str().unwrap().to_string(), j["weights"].as_str().unwrap().to_string())
+    };
+    let from_gguf = sha(&["--lm-weights", gguf.to_str().unwrap()], "g.wav");
+    let on_load = sha(&["--weights", "q8"], "q.wav");
+    let float = sha(&[], "f.wav");
+    assert_eq!(from_gguf, on_load);
+    assert_eq!((from_gguf.1.as_str(), float.1.as_str()), ("q8", "model"));
+    assert_ne!(from_gguf.0, float.0);
+    let bad = run(&["quantize", tiny.join("model.safetensors").to_str().unwrap(), tmp("x.bin").to_str().unwrap()]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("must end in .gguf"));
+    let wrong = run(&["quantize", tiny.join("model.safetensors").to_str().unwrap(), tmp("y.gguf").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && err.contains("has shape") && err.contains("expected"), "{err}");
 }

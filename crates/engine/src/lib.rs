@@ -15,6 +15,7 @@ pub mod audio;
 pub mod conversation;
 pub mod error;
 pub mod exec;
+pub mod gguf;
 pub mod lm;
 pub mod mimi;
 pub mod model_files;

@@ -12,11 +12,14 @@ use crate::error::{EngineError, Result};
 use crate::lm::{LmConfig, LmModel};
 use crate::mimi::{Mimi, MimiConfig};
 use crate::text::Tokenizer;
+use crate::weights::LoadOptions;
 
 /// File names in Kyutai's released repositories.
 pub const RELEASED_LM: &str = "model.safetensors";
 pub const RELEASED_MIMI: &str = "tokenizer-e351c8d8-checkpoint125.safetensors";
 pub const RELEASED_TOKENIZER: &str = "tokenizer_spm_32k_3.model";
+/// The LM file of Kyutai's 8-bit Candle repositories (`kyutai/moshiko-candle-q8`).
+pub const RELEASED_LM_Q8: &str = "model.q8.gguf";
 
 /// The file names a Moshi folder or repository holds, as Kyutai's `config.json` gives them
 /// (`CheckpointInfo.from_hf_repo` in the reference: `moshi_name`, `mimi_name`, `tokenizer_name`,
@@ -60,24 +63,34 @@ impl Manifest {
         Ok(m)
     }
 
-    /// `config.json` in `dir` when there is one, else the released names.
+    /// `config.json` in `dir` when there is one, else the released names (the 8-bit
+    /// repositories' when the folder holds `model.q8.gguf` and no `model.safetensors`).
     pub fn of_dir(dir: &Path) -> Result<Self> {
         let cfg = dir.join("config.json");
         if cfg.is_file() {
             Self::from_config_json(&cfg)
+        } else if !dir.join(RELEASED_LM).is_file() && dir.join(RELEASED_LM_Q8).is_file() {
+            Ok(Self::released_q8())
         } else {
             Ok(Self::released())
         }
     }
 
+    /// The released 8-bit repositories' names (`kyutai/moshiko-candle-q8`, `moshika-candle-q8`:
+    /// Kyutai's q8 GGUF LM, the released Mimi and tokenizer).
+    pub fn released_q8() -> Self {
+        Self { lm: RELEASED_LM_Q8.into(), ..Self::released() }
+    }
+
     /// Layouts moshi-rs does not read (MLX `.npz`/`.safetensors` of Kyutai's MLX repos are named
-    /// by the repository, GGUF by its extension), refused by name before anything is loaded.
+    /// by the repository; a GGUF Mimi), refused by name before anything is loaded. A GGUF LM is
+    /// read (Kyutai's q8 layout, `gguf`).
     fn check_supported(&self) -> std::result::Result<(), String> {
+        if self.mimi.to_ascii_lowercase().ends_with(".gguf") {
+            return Err(format!("`{}` is a GGUF Mimi; moshi-rs reads Mimi from safetensors (the LM may be GGUF)", self.mimi));
+        }
         for f in [&self.lm, &self.mimi] {
             let lower = f.to_ascii_lowercase();
-            if lower.ends_with(".gguf") {
-                return Err(format!("`{f}` is a GGUF (quantized) checkpoint, which moshi-rs does not read yet; use a bf16 safetensors repository such as kyutai/moshiko-candle-bf16"));
-            }
             if lower.ends_with(".npz") || lower.ends_with(".pt") || lower.ends_with(".bin") {
                 return Err(format!("`{f}` is not a safetensors checkpoint; moshi-rs reads Kyutai's PyTorch and Candle safetensors layouts"));
             }
@@ -104,8 +117,9 @@ fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
 
 /// Whether an LM checkpoint's depformer has PersonaPlex's 16 steps (`linears.15`, from the header).
 fn personaplex_steps(lm_weights: &Path) -> Result<bool> {
-    let header = crate::weights::read_header(lm_weights)?;
-    Ok(header.iter().any(|(n, _, _)| n == "linears.15.weight") && header.iter().any(|(n, _, _)| n == "depformer_in.15.weight"))
+    let header = crate::weights::checkpoint_header(lm_weights)?;
+    let has = |name: &str| header.iter().any(|(n, _)| n == name);
+    Ok((has("linears.15.weight") && has("depformer_in.15.weight")) || has("depformer.15.linear_in.weight"))
 }
 
 /// A config without `personaplex` for a checkpoint whose depformer predicts the user's codebooks
@@ -147,10 +161,10 @@ impl MoshiFiles {
             return Err(EngineError::ModelFiles { path: dir.to_path_buf(), msg: "not a folder".into() });
         }
         let manifest = Manifest::of_dir(dir)?;
-        if !manifest.from_config && !dir.join(RELEASED_LM).is_file() {
+        if !manifest.from_config && !dir.join(&manifest.lm).is_file() {
             return Err(EngineError::ModelFiles {
                 path: dir.to_path_buf(),
-                msg: format!("the folder has no config.json (Kyutai's, naming the model files) and no {RELEASED_LM} of the released layout"),
+                msg: format!("the folder has no config.json (Kyutai's, naming the model files) and no {RELEASED_LM} (or {RELEASED_LM_Q8}) of the released layout"),
             });
         }
         let lm_weights = existing(dir.join(&manifest.lm), "LM weights")?;
@@ -179,12 +193,18 @@ impl MoshiFiles {
 
     /// Load everything, checking names and shapes before reading tensors.
     pub fn load(&self, dtype: DType, device: &Device) -> Result<Moshi> {
+        self.load_with(&LoadOptions::dtype(dtype), device)
+    }
+
+    /// As `load`, the LM as `options` say (its dtype; 8-bit weights at load or from a GGUF).
+    pub fn load_with(&self, options: &LoadOptions, device: &Device) -> Result<Moshi> {
+        let dtype = options.dtype;
         // Mimi runs in f32 whatever the LM's dtype: every reference anchor is f32, and it is small.
         let t0 = std::time::Instant::now();
         tracing::info!(file = %self.mimi_weights.display(), ?device, "loading Mimi (f32)");
         let mimi = Mimi::load(&self.mimi_weights, &self.mimi_config, DType::F32, device)?;
-        tracing::info!(file = %self.lm_weights.display(), ?dtype, ?device, "loading the LM");
-        let lm = LmModel::load(std::slice::from_ref(&self.lm_weights), &self.lm_config, dtype, device)?;
+        tracing::info!(file = %self.lm_weights.display(), ?dtype, weights = options.weights.name(), ?device, "loading the LM");
+        let lm = LmModel::load_with(std::slice::from_ref(&self.lm_weights), &self.lm_config, options, device)?;
         tracing::info!(file = %self.tokenizer.display(), "loading the tokenizer");
         let tokenizer = Tokenizer::from_file(&self.tokenizer)?;
         tracing::info!(seconds = t0.elapsed().as_secs_f64(), "model loaded");

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::lm::{LmConfig, LmModel};
 use crate::mimi::{Mimi, MimiConfig};
 use crate::text::Tokenizer;
+use crate::weights::LoadOptions;
 
 /// The released Mimi's tensor names and shapes (`name<TAB>[d0, d1, …]<TAB>dtype`).
 const MIMI_NAMES: &str = include_str!("../../../golden/mimi_checkpoint_names.txt");
@@ -82,8 +83,13 @@ impl RandomMoshi {
 
     /// The model on `device`, the LM in `dtype` (Mimi in f32).
     pub fn build(&self, dtype: DType, device: &Device) -> Result<Moshi> {
+        self.build_with(&LoadOptions::dtype(dtype), device)
+    }
+
+    /// The model on `device` as `options` say (the LM's dtype, 8-bit weights or not; Mimi in f32).
+    pub fn build_with(&self, options: &LoadOptions, device: &Device) -> Result<Moshi> {
         let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(self.mimi.clone(), DType::F32, device))?;
-        let lm = LmModel::from_tensors(&self.lm_config, self.lm.clone(), dtype, device)?;
+        let lm = LmModel::from_tensors_with(&self.lm_config, self.lm.clone(), options, device)?;
         Moshi::new(mimi, lm, Tokenizer::synthetic(self.lm_config.text_card)?)
     }
 }
@@ -98,9 +104,15 @@ pub fn build_on(layers: usize, dtype: DType, device: &Device, progress: &mut dyn
 
 /// As `build_on`, for any LM config (`random_lm_config(layers, true)`: a full-size PersonaPlex).
 pub fn build_config_on(lm_config: LmConfig, dtype: DType, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Moshi> {
+    build_config_on_with(lm_config, &LoadOptions::dtype(dtype), device, progress)
+}
+
+/// As `build_config_on`, the weights stored as `options.weights` says (`q8`: drawn in the
+/// model's dtype, then quantized from those values).
+pub fn build_config_on_with(lm_config: LmConfig, options: &LoadOptions, device: &Device, progress: &mut dyn FnMut(u64, u64)) -> Result<Moshi> {
     let mimi = Mimi::new(&MimiConfig::default(), VarBuilder::from_tensors(mimi_tensors()?, DType::F32, device))?;
-    let weights = crate::lm::random::random_weights_with(&lm_config, dtype, device, progress)?;
-    let lm = LmModel::from_tensors(&lm_config, weights, dtype, device)?;
+    let weights = crate::lm::random::random_weights_with(&lm_config, options.dtype, device, progress)?;
+    let lm = LmModel::from_tensors_with(&lm_config, weights, options, device)?;
     Moshi::new(mimi, lm, Tokenizer::synthetic(lm_config.text_card)?)
 }
 

@@ -180,7 +180,7 @@ fn nan_is_located_by_step_and_layer() {
     let nan = w.affine(0.0, f64::NAN).unwrap();
     t.insert("transformer.layers.1.gating.linear_out.weight".into(), nan);
     let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
-    let model = LmModel::new(&cfg, &vb).unwrap();
+    let model = LmModel::new(&cfg, &vb.into()).unwrap();
     let mut st = model.new_state(1, GenConfig::greedy(), 0, &RunOptions::default()).unwrap();
     match model.step(&mut st, &[1; 8]) {
         Err(EngineError::NonFinite(msg)) => {
@@ -192,7 +192,7 @@ fn nan_is_located_by_step_and_layer() {
     let mut t = tiny_tensors();
     let w = t["linears.4.weight"].affine(0.0, f64::INFINITY).unwrap();
     t.insert("linears.4.weight".into(), w);
-    let model = LmModel::new(&cfg, &VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap();
+    let model = LmModel::new(&cfg, &VarBuilder::from_tensors(t, DType::F32, &Device::Cpu).into()).unwrap();
     let mut st = model.new_state(1, GenConfig::greedy(), 0, &RunOptions::default()).unwrap();
     let e = model.step(&mut st, &[1; 8]).map(|o| o.text).unwrap_err().to_string();
     assert!(e.contains("step 0") && e.contains("depformer step 4"), "{e}");

@@ -1,12 +1,13 @@
 //! The execution seam: the one place that decides how each op of a model step runs on each
 //! device. Model code (`nn`, `mimi`, `lm`) calls the functions below and makes no device choice
 //! of its own; our CPU kernels (`cpu`) and CUDA kernels (`cuda`) are called from here only. This
-//! is also where a CUDA graph or a quantized product will be chosen (issue 13's later parts,
-//! issue 17): per-run choices arrive as [`RunOptions`], kept by the conversation's state.
+//! is also where a CUDA graph and the 8-bit product are chosen (`graph`, `quant`): per-run
+//! choices arrive as [`RunOptions`], kept by the conversation's state.
 //!
 //! | op | CPU | CUDA | Metal |
 //! |---|---|---|---|
 //! | `linear` | ≤ 8 rows, f32/bf16: our weight-streaming kernel; else Candle's matmul | Candle | Candle |
+//! | `linear_q8` (8-bit weights, `quant`) | Candle's Q8_0 product | Candle's MMVQ/MMQ (our kernel's place) | Candle, via f32 |
 //! | `conv1d` | f32, ≤ 8 output steps a call: our unfold + `linear`; else Candle's conv1d | Candle | Candle |
 //! | `conv_tr_taps` | one `linear` (depthwise: a broadcast product) | same | same |
 //! | `rms_norm` | op by op in f32 | Candle's fused kernel | Candle's fused kernel |
@@ -35,6 +36,7 @@ pub mod cuda;
 pub mod graph;
 pub mod kv_cache;
 pub mod options;
+pub mod quant;
 pub mod sampler;
 pub mod step_ctx;
 
@@ -46,6 +48,7 @@ use crate::error::Result;
 pub use cpu::SMALL_M;
 pub use kv_cache::{dequantize_i8, quantize_i8, KvCache, KvCacheKind};
 pub use options::RunOptions;
+pub use quant::{is_q8_shape, linear_q8, quantize_q8, QWeight};
 pub use sampler::{device_sampling, FrameSampler, FrameTokens, SampleCallPlan, Sampler};
 pub use step_ctx::StepCtx;
 

@@ -9,7 +9,7 @@
 //! Kyutai's Candle layout: `depformer.{k}.{linear_in, emb, linear_out, transformer.layers.{l}.*}`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::VarBuilder;
+use crate::weights::Weights;
 
 use super::config::LmConfig;
 use super::temporal::ZeroableEmbedding;
@@ -30,13 +30,16 @@ pub struct Depformer {
     heads: Vec<Linear>,
 }
 
-fn ffn_width(vb: &VarBuilder, probe: &str, fallback: usize) -> Result<usize> {
-    Ok(if vb.contains_tensor(probe) { vb.get_unchecked(probe)?.dim(1)? } else { fallback })
+fn ffn_width(vb: &Weights, probe: &str, fallback: usize) -> Result<usize> {
+    Ok(match vb.dims_of(probe)? {
+        Some(d) if d.len() == 2 => d[1],
+        _ => fallback,
+    })
 }
 
 impl Depformer {
     /// `vb` points at the checkpoint root.
-    pub fn new(cfg: &LmConfig, vb: &VarBuilder, layout: Layout) -> Result<Self> {
+    pub fn new(cfg: &LmConfig, vb: &Weights, layout: Layout) -> Result<Self> {
         let (d, dd, k) = (cfg.dim, cfg.depformer_dim, cfg.dep_q);
         let fallback = cfg.depformer_gated_hidden();
         let hidden = match layout {
@@ -78,7 +81,7 @@ impl Depformer {
                 Ok(Self { inputs, embs, transformer, heads })
             }
             Layout::Candle => {
-                let slices: Vec<VarBuilder> = (0..k).map(|s| vb.pp("depformer").pp(s)).collect();
+                let slices: Vec<Weights> = (0..k).map(|s| vb.pp("depformer").pp(s)).collect();
                 let inputs = slices.iter().map(|v| linear_no_bias(d, dd, &v.pp("linear_in"))).collect::<Result<_>>()?;
                 let embs = (0..k)
                     .map(|s| ZeroableEmbedding::new(emb_rows(s), dd, &slices[s].pp("emb")))
@@ -89,6 +92,17 @@ impl Depformer {
                 Ok(Self { inputs, embs, transformer, heads })
             }
         }
+    }
+
+    /// Bytes of the weights (a projection shared by several steps counted once per step).
+    pub fn weight_bytes(&self) -> usize {
+        let embs: usize = self.embs.iter().map(ZeroableEmbedding::bytes).sum();
+        self.inputs.iter().chain(&self.heads).map(Linear::bytes).sum::<usize>() + embs + self.transformer.weight_bytes()
+    }
+
+    /// Bytes of the embedding tables.
+    pub fn table_bytes(&self) -> usize {
+        self.embs.iter().map(ZeroableEmbedding::bytes).sum()
     }
 
     /// Number of steps (codebooks generated per time step).

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::weights::{LoadOptions, Weights};
+
 use super::config::LmConfig;
 use super::depformer::Depformer;
 use super::temporal::{Temporal, TemporalOut};
@@ -99,7 +101,7 @@ pub struct LmModel {
 
 impl LmModel {
     /// Build from weights under `vb`'s root (layout detected from the names present).
-    pub fn new(cfg: &LmConfig, vb: &VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &LmConfig, vb: &Weights) -> Result<Self> {
         cfg.validate("LM config")?;
         let layout = Layout::detect(|n| vb.contains_tensor(n)).ok_or_else(|| EngineError::MissingTensor {
             name: "depformer_in.0.weight".into(),
@@ -116,23 +118,63 @@ impl LmModel {
 
     /// Load safetensors files, after checking every name and shape from their headers.
     pub fn load(paths: &[PathBuf], cfg: &LmConfig, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(paths, cfg, &LoadOptions::dtype(dtype), device)
+    }
+
+    /// Load safetensors files or one GGUF file (Kyutai's q8 layout, `.gguf`: its 8-bit linear
+    /// layers stay 8-bit whatever `options.weights` says), after checking every name and shape
+    /// from the headers; `options.weights` q8 quantizes a float checkpoint at load.
+    pub fn load_with(paths: &[PathBuf], cfg: &LmConfig, options: &LoadOptions, device: &Device) -> Result<Self> {
+        let gguf = paths.iter().filter(|p| crate::gguf::is_gguf_path(p)).count();
+        if gguf > 0 && paths.len() > 1 {
+            return Err(EngineError::ModelFiles { path: paths[0].clone(), msg: "a GGUF checkpoint is one file; it cannot be combined with others".into() });
+        }
         let mut header = Vec::new();
         for p in paths {
-            header.extend(crate::weights::read_header(p)?.into_iter().map(|(n, s, _)| (n, s)));
+            header.extend(crate::weights::checkpoint_header(p)?);
         }
         let (_, unused) = check_checkpoint(cfg, &header).map_err(|e| e.in_checkpoint(paths))?;
         if !unused.is_empty() {
             tracing::warn!("{} checkpoint tensors are not used by the LM, e.g. {}", unused.len(), unused[0]);
         }
-        let vb = crate::weights::open_safetensors(paths, dtype, device)?;
-        Self::new(cfg, &vb).map_err(|e| e.in_checkpoint(paths))
+        let weights = if gguf == 1 {
+            let file = std::sync::Arc::new(crate::gguf::GgufFile::open(&paths[0])?);
+            Weights::gguf(file.var_builder(options.dtype, device), file)
+        } else {
+            Weights::new(crate::weights::open_safetensors(paths, options.dtype, device)?, options.weights)
+        };
+        Self::new(cfg, &weights).map_err(|e| e.in_checkpoint(paths))
     }
 
     /// Build from in-memory tensors (e.g. `lm::random::random_weights`), names checked first.
     pub fn from_tensors(cfg: &LmConfig, tensors: std::collections::HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_tensors_with(cfg, tensors, &LoadOptions::dtype(dtype), device)
+    }
+
+    /// As `from_tensors`, with the weights stored as `options.weights` says.
+    pub fn from_tensors_with(cfg: &LmConfig, tensors: std::collections::HashMap<String, Tensor>, options: &LoadOptions, device: &Device) -> Result<Self> {
         let header: Vec<(String, Vec<usize>)> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
         check_checkpoint(cfg, &header)?;
-        Self::new(cfg, &VarBuilder::from_tensors(tensors, dtype, device))
+        Self::new(cfg, &Weights::new(VarBuilder::from_tensors(tensors, options.dtype, device), options.weights))
+    }
+
+    /// How the linear layers are stored: `Q8` when they are 8-bit (a GGUF or `--weights q8`).
+    pub fn weight_format(&self) -> crate::weights::WeightFormat {
+        if self.temporal.is_q8() { crate::weights::WeightFormat::Q8 } else { crate::weights::WeightFormat::Model }
+    }
+
+    /// Bytes the LM's weights hold on their device (8-bit blocks counted as stored).
+    pub fn weight_bytes(&self) -> usize {
+        self.temporal.weight_bytes() + self.depformer.weight_bytes()
+    }
+
+    /// Bytes a streaming step reads in full: every weight but the embedding tables (a step
+    /// gathers a few of their rows), as stored; only the depformer steps a frame runs
+    /// (PersonaPlex: 8 of 16). Over a step's time, the achieved weight bandwidth.
+    pub fn streamed_weight_bytes(&self) -> usize {
+        let dep = self.depformer.weight_bytes() - self.depformer.table_bytes();
+        let run = self.cfg.agent_streams().min(self.cfg.dep_q);
+        self.temporal.weight_bytes() - self.temporal.table_bytes() + dep * run / self.cfg.dep_q.max(1)
     }
 
     pub fn config(&self) -> &LmConfig {

@@ -3,14 +3,13 @@
 //! text head. Same names in Kyutai's PyTorch and Candle layouts.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::LmConfig;
 use crate::error::{EngineError, Result};
 use crate::nn::norm::{Norm, NormKind};
 use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig, TransformerState};
 use crate::nn::{linear_no_bias, Linear};
-use crate::weights::get_checked;
+use crate::weights::Weights;
 
 /// An embedding table where token −1 contributes zero (the reference's "nothing here"). The
 /// table is kept with a zero row in front, so that the lookup is one gather of `token + 1` with
@@ -40,8 +39,13 @@ fn check_tokens(tokens: &Tensor, rows: usize, what: &str) -> Result<()> {
 }
 
 impl ZeroableEmbedding {
-    pub fn new(rows: usize, dim: usize, vb: &VarBuilder) -> Result<Self> {
-        Ok(Self { table: with_zero_row(&get_checked(vb, &[rows, dim], "weight")?)?, rows })
+    pub fn new(rows: usize, dim: usize, vb: &Weights) -> Result<Self> {
+        Ok(Self { table: with_zero_row(&vb.table([rows, dim], "weight")?)?, rows })
+    }
+
+    /// Bytes of the table.
+    pub fn bytes(&self) -> usize {
+        self.table.elem_count() * self.table.dtype().size_in_bytes()
     }
 
     /// `tokens` [B, T] (−1 allowed) → [B, T, dim].
@@ -145,10 +149,13 @@ pub struct Temporal {
 
 impl Temporal {
     /// `vb` points at the checkpoint root. The FFN width is read from the weights' shape.
-    pub fn new(cfg: &LmConfig, vb: &VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &LmConfig, vb: &Weights) -> Result<Self> {
         let d = cfg.dim;
         let probe = "transformer.layers.0.gating.linear_out.weight";
-        let hidden = if vb.contains_tensor(probe) { vb.get_unchecked(probe)?.dim(1)? } else { cfg.gated_hidden() };
+        let hidden = match vb.dims_of(probe)? {
+            Some(d) if d.len() == 2 => d[1],
+            _ => cfg.gated_hidden(),
+        };
         let tcfg = TransformerConfig {
             d_model: d,
             num_heads: cfg.num_heads,
@@ -163,14 +170,14 @@ impl Temporal {
         };
         Ok(Self {
             embeddings: {
-                let mut tables = vec![get_checked(&vb.pp("text_emb"), &[cfg.text_card + 1, d], "weight")?];
+                let mut tables = vec![vb.pp("text_emb").table([cfg.text_card + 1, d], "weight")?];
                 for i in 0..cfg.n_q {
-                    tables.push(get_checked(&vb.pp("emb").pp(i), &[cfg.card + 1, d], "weight")?);
+                    tables.push(vb.pp("emb").pp(i).table([cfg.card + 1, d], "weight")?);
                 }
                 StreamEmbeddings::new(&tables)?
             },
             transformer: Transformer::new(&tcfg, vb.pp("transformer"))?,
-            out_norm: Norm::new(NormKind::RmsNormF32, d, vb.pp("out_norm"))?,
+            out_norm: Norm::new(NormKind::RmsNormF32, d, &vb.pp("out_norm"))?,
             text_linear: linear_no_bias(d, cfg.text_card, &vb.pp("text_linear"))?,
         })
     }
@@ -239,12 +246,30 @@ impl Temporal {
         self.head(self.transformer.step_inspect(x, state, inspect)?)
     }
 
+    /// The dtype the model computes in (its activations; an 8-bit model's linear layers hold
+    /// Q8_0 blocks but compute in this dtype too).
     pub fn dtype(&self) -> DType {
-        self.text_linear.weight().dtype()
+        self.embeddings.table.dtype()
     }
 
     pub fn device(&self) -> candle_core::Device {
-        self.text_linear.weight().device().clone()
+        self.embeddings.table.device().clone()
+    }
+
+    /// Bytes of the weights: embeddings, transformer, norm and head.
+    pub fn weight_bytes(&self) -> usize {
+        let t = &self.embeddings.table;
+        t.elem_count() * t.dtype().size_in_bytes() + self.transformer.weight_bytes() + self.out_norm.weight_bytes() + self.text_linear.bytes()
+    }
+
+    /// Bytes of the embedding tables.
+    pub fn table_bytes(&self) -> usize {
+        self.embeddings.table.elem_count() * self.embeddings.table.dtype().size_in_bytes()
+    }
+
+    /// Whether the linear layers are 8-bit (the text head is, whenever any is).
+    pub fn is_q8(&self) -> bool {
+        self.text_linear.q8_weight().is_some()
     }
 
     pub fn num_layers(&self) -> usize {

@@ -7,7 +7,7 @@ use super::per_step::{PerStep, StepLayout};
 use super::Linear;
 use crate::error::Result;
 use crate::exec::{KvCache, StepCtx};
-use crate::weights::get_checked;
+use crate::weights::Weights;
 use candle_core::{Module, Tensor};
 
 /// Self-attention with checkpoint names `in_proj_weight` [3·d, d] and `out_proj.weight` [d, d],
@@ -20,9 +20,9 @@ pub struct Attention {
     rope: bool,
 }
 
-fn stacked_rows(vb: &candle_nn::VarBuilder, name: &str, steps: usize, rows: usize, cols: usize) -> Result<PerStep<Linear>> {
-    let w = get_checked(vb, &[steps * rows, cols], name)?;
-    Ok(PerStep::per_step((0..steps).map(|s| Linear::new(w.narrow(0, s * rows, rows)?)).collect::<candle_core::Result<_>>()?))
+fn stacked_rows(vb: &Weights, name: &str, steps: usize, rows: usize, cols: usize) -> Result<PerStep<Linear>> {
+    let w = vb.linear_source(&[steps * rows, cols], name)?;
+    Ok(PerStep::per_step((0..steps).map(|s| vb.linear_of(&w.narrow(0, s * rows, rows)?)).collect::<Result<_>>()?))
 }
 
 impl Attention {
@@ -32,8 +32,8 @@ impl Attention {
         let d = d_model;
         let (in_proj, out_proj) = match layout {
             StepLayout::Shared(vb) => (
-                PerStep::shared(Linear::new(get_checked(vb, &[3 * d, d], "in_proj_weight")?)?),
-                PerStep::shared(Linear::new(get_checked(&vb.pp("out_proj"), &[d, d], "weight")?)?),
+                PerStep::shared(vb.linear([3 * d, d], "in_proj_weight")?),
+                PerStep::shared(vb.pp("out_proj").linear([d, d], "weight")?),
             ),
             StepLayout::Stacked(vb, steps) => (
                 stacked_rows(vb, "in_proj_weight", *steps, 3 * d, d)?,
@@ -43,13 +43,18 @@ impl Attention {
                 let mut ins = Vec::new();
                 let mut outs = Vec::new();
                 for vb in vbs {
-                    ins.push(Linear::new(get_checked(vb, &[3 * d, d], "in_proj_weight")?)?);
-                    outs.push(Linear::new(get_checked(&vb.pp("out_proj"), &[d, d], "weight")?)?);
+                    ins.push(vb.linear([3 * d, d], "in_proj_weight")?);
+                    outs.push(vb.pp("out_proj").linear([d, d], "weight")?);
                 }
                 (PerStep::per_step(ins), PerStep::per_step(outs))
             }
         };
         Ok(Self { in_proj, out_proj, num_heads, rope })
+    }
+
+    /// Bytes of the projections' weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.in_proj.items().iter().chain(self.out_proj.items()).map(Linear::bytes).sum()
     }
 
     /// `x` [B, T, d] at positions `ctx.offset ..`. `ctx.capacity` None: a whole sequence,

@@ -11,16 +11,12 @@ pub mod per_step;
 pub mod rope;
 pub mod transformer;
 
-use candle_core::Tensor;
-use candle_nn::VarBuilder;
-
 pub use linear::Linear;
 
 use crate::error::Result;
-use crate::weights::get_checked;
+use crate::weights::Weights;
 
-/// A bias-free linear layer `{prefix}.weight` of shape [out, in].
-pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: &VarBuilder) -> Result<Linear> {
-    let w: Tensor = get_checked(vb, &[out_dim, in_dim], "weight")?;
-    Ok(Linear::new(w)?)
+/// A bias-free linear layer `{prefix}.weight` of shape [out, in] (8-bit where `vb` says so).
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: &Weights) -> Result<Linear> {
+    vb.linear([out_dim, in_dim], "weight")
 }

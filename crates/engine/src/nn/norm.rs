@@ -26,18 +26,29 @@ pub enum Norm {
 }
 
 impl Norm {
-    pub fn new(kind: NormKind, dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(kind: NormKind, dim: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(match kind {
             NormKind::LayerNorm => {
-                let w = get_checked(&vb, &[dim], "weight")?;
-                let b = get_checked(&vb, &[dim], "bias")?;
+                let w = get_checked(vb, &[dim], "weight")?;
+                let b = get_checked(vb, &[dim], "bias")?;
                 Norm::Layer(candle_nn::LayerNorm::new(w, b, 1e-5))
             }
             NormKind::RmsNormF32 => {
-                let alpha_model = get_checked(&vb, &[1, 1, dim], "alpha")?.flatten_all()?;
+                let alpha_model = get_checked(vb, &[1, 1, dim], "alpha")?.flatten_all()?;
                 Norm::RmsF32 { alpha: alpha_model.to_dtype(DType::F32)?, alpha_model, eps: 1e-8 }
             }
         })
+    }
+}
+
+impl Norm {
+    /// Bytes of the norm's weights.
+    pub fn weight_bytes(&self) -> usize {
+        let b = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Norm::Layer(ln) => b(ln.weight()) + ln.bias().map(b).unwrap_or(0),
+            Norm::RmsF32 { alpha_model, .. } => b(alpha_model),
+        }
     }
 }
 

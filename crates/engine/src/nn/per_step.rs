@@ -10,9 +10,9 @@
 //!   norms included (the converted files repeat the shared norms in every slice).
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::error::{EngineError, Result};
+use crate::weights::Weights;
 
 /// One module, or one per step position.
 #[derive(Debug, Clone)]
@@ -29,6 +29,11 @@ impl<M> PerStep<M> {
     #[allow(clippy::self_named_constructors)] // the other form is `shared`
     pub fn per_step(items: Vec<M>) -> Self {
         Self { items, per_step: true }
+    }
+
+    /// Every weight set (one when shared).
+    pub fn items(&self) -> &[M] {
+        &self.items
     }
 
     /// The module used at absolute position `pos`.
@@ -61,11 +66,11 @@ impl<M> PerStep<M> {
 #[derive(Clone)]
 pub enum StepLayout<'a> {
     /// One weight set under this prefix (the parent of `layers`).
-    Shared(VarBuilder<'a>),
+    Shared(Weights<'a>),
     /// Kyutai's PyTorch layout with `steps` weight sets, under this prefix.
-    Stacked(VarBuilder<'a>, usize),
+    Stacked(Weights<'a>, usize),
     /// Kyutai's Candle layout: one prefix per step (each the parent of its `layers`).
-    Sliced(Vec<VarBuilder<'a>>),
+    Sliced(Vec<Weights<'a>>),
 }
 
 impl<'a> StepLayout<'a> {
@@ -89,7 +94,7 @@ impl<'a> StepLayout<'a> {
 
     /// A module that the PyTorch layout shares across steps (the norms): one for shared and
     /// stacked weights, one per slice in the Candle layout.
-    pub fn shared_in_stacked<M>(&self, load: impl Fn(&VarBuilder<'a>) -> Result<M>) -> Result<PerStep<M>> {
+    pub fn shared_in_stacked<M>(&self, load: impl Fn(&Weights<'a>) -> Result<M>) -> Result<PerStep<M>> {
         match self {
             StepLayout::Shared(vb) | StepLayout::Stacked(vb, _) => Ok(PerStep::shared(load(vb)?)),
             StepLayout::Sliced(vbs) => Ok(PerStep::per_step(vbs.iter().map(&load).collect::<Result<_>>()?)),

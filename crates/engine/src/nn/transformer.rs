@@ -7,7 +7,6 @@
 //! norm2, linear1, linear2 | gating, layer_scale_2}`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::VarBuilder;
 
 use super::attention::Attention;
 use super::norm::{Norm, NormKind};
@@ -16,7 +15,7 @@ use super::rope::Rope;
 use super::{linear_no_bias, Linear};
 use crate::error::{EngineError, Result};
 use crate::exec::{KvCache, KvCacheKind, StepCtx};
-use crate::weights::get_checked;
+use crate::weights::{get_checked, Weights};
 
 /// The feed-forward block's form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +51,7 @@ enum Ffn {
 impl Ffn {
     /// `vb` points at the layer (GELU: `linear1`, `linear2`) or at the gating module
     /// (`linear_in`, `linear_out`).
-    fn new(cfg: &TransformerConfig, vb: &VarBuilder) -> Result<Self> {
+    fn new(cfg: &TransformerConfig, vb: &Weights) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.dim_feedforward);
         Ok(match cfg.ffn {
             FfnKind::Gelu => Ffn::Gelu {
@@ -82,6 +81,13 @@ impl Ffn {
             (FfnKind::GatedSilu, StepLayout::Sliced(vbs)) => {
                 Ok(PerStep::per_step(vbs.iter().map(|vb| Self::new(cfg, &vb.pp("gating"))).collect::<Result<_>>()?))
             }
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        match self {
+            Ffn::Gelu { linear1, linear2 } => linear1.bytes() + linear2.bytes(),
+            Ffn::GatedSilu { linear_in, linear_out, .. } => linear_in.bytes() + linear_out.bytes(),
         }
     }
 
@@ -122,7 +128,7 @@ impl Layer {
                 (true, _) => Err(EngineError::InvalidInput("LayerScale with per-step weights is not supported".into())),
             }
         };
-        let norm = |name: &str| layout.shared_in_stacked(|vb| Norm::new(cfg.norm, d, vb.pp(name)));
+        let norm = |name: &str| layout.shared_in_stacked(|vb| Norm::new(cfg.norm, d, &vb.pp(name)));
         Ok(Self {
             norm1: norm("norm1")?,
             attn: Attention::new(d, cfg.num_heads, cfg.rope, &layout.pp("self_attn"))?,
@@ -131,6 +137,15 @@ impl Layer {
             ffn: Ffn::load(cfg, layout)?,
             layer_scale_2: scale("layer_scale_2")?,
         })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let scale = |s: &Option<Tensor>| s.as_ref().map(|t| t.elem_count() * t.dtype().size_in_bytes()).unwrap_or(0);
+        self.norm1.items().iter().chain(self.norm2.items()).map(Norm::weight_bytes).sum::<usize>()
+            + self.attn.weight_bytes()
+            + self.ffn.items().iter().map(Ffn::weight_bytes).sum::<usize>()
+            + scale(&self.layer_scale_1)
+            + scale(&self.layer_scale_2)
     }
 
     fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache) -> Result<Tensor> {
@@ -250,8 +265,8 @@ pub struct Transformer {
 
 impl Transformer {
     /// `vb` points at the parent of `layers`; one weight set shared by every position.
-    pub fn new(cfg: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        Self::with_layout(cfg, &StepLayout::Shared(vb))
+    pub fn new<'a>(cfg: &TransformerConfig, vb: impl Into<Weights<'a>>) -> Result<Self> {
+        Self::with_layout(cfg, &StepLayout::Shared(vb.into()))
     }
 
     /// Weights in any [`StepLayout`] (the depformer's per-step weights).
@@ -268,6 +283,11 @@ impl Transformer {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    /// Bytes of every layer's weights (8-bit blocks as stored).
+    pub fn weight_bytes(&self) -> usize {
+        self.layers.iter().map(Layer::weight_bytes).sum()
     }
 
     /// Whole-sequence forward (every key kept; the context mask still applies).
@@ -335,7 +355,8 @@ pub struct ProjectedTransformer {
 }
 
 impl ProjectedTransformer {
-    pub fn new(cfg: &TransformerConfig, input_dim: usize, output_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(cfg: &TransformerConfig, input_dim: usize, output_dim: usize, vb: impl Into<Weights<'a>>) -> Result<Self> {
+        let vb: Weights<'a> = vb.into();
         let d = cfg.d_model;
         let input_proj = if input_dim != d { Some(linear_no_bias(input_dim, d, &vb.pp("input_proj"))?) } else { None };
         let output_proj =

@@ -29,6 +29,19 @@ pub struct Tolerances {
 }
 
 impl Tolerances {
+    /// 8-bit weights (Q8_0: a scale per 32 weights, each weight within half a step, 1/254 of
+    /// its block's peak; the CPU and CUDA kernels quantize the activations the same way) against
+    /// f32: each product's relative error is ≈ 1/254 · √2 / √(terms' spread), about 0.3–0.5% of
+    /// a layer's output, compounded over the layers and amplified where the residual stream
+    /// cancels. 8e-2 of each tensor's peak (bf16's 5e-2 plus the 8-bit steps being 2× bf16's
+    /// rounding at the output scale) still catches a wrong block scale, a transposed or a
+    /// wrong step's weight (off by ≥ 0.3 of the peak). Greedy agreement: 0.85 (bf16's 0.9 less
+    /// the extra flips of near-ties; the target, within 3 points of bf16's, is reported
+    /// beside it rather than enforced, as it depends on the model's weights).
+    pub fn q8() -> Self {
+        Self { rel: 8e-2, agreement: 0.85 }
+    }
+
     /// f32 on another backend: summation order and fused kernels differ (≈ 1e-6 relative per
     /// layer); 1e-4 leaves room for deep models while a wrong op is off by ≥ 1e-3.
     /// bf16: 8-bit mantissa, 2⁻⁹ relative rounding per value, compounded over the layers.
@@ -168,6 +181,51 @@ pub fn run(
     }
     out.extend(sampled_tokens(dut, &codes)?);
     progress("LM sampled with the device and the host sampler (and a CUDA graph on CUDA)");
+    Ok(out)
+}
+
+/// The `lm q8` group: the LM with 8-bit weights (`q8`: the same weights as `reference`, on the
+/// device under test, quantized at load or from a GGUF) teacher-forced over the same input as
+/// `run`'s LM checks (`frames` frames of the test signal's CPU codes), against the CPU in f32:
+/// every temporal layer, `out_norm`, the heads, greedy agreement; then streamed step by step
+/// through its KV cache. Its agreement rows stand beside the `lm temporal` / `lm depformer`
+/// groups' (the model-dtype path) in the same table.
+pub fn run_q8(reference: &Moshi, q8: &Moshi, frames: usize, tol: Tolerances) -> Result<Vec<Check>> {
+    let cpu = Device::Cpu;
+    let n = reference.frame_size();
+    let x = Tensor::from_slice(&test_signal(frames * n), (1, 1, frames * n), &cpu)?;
+    let codes = reference.mimi.encode_stages(&x)?.codes.to_dtype(DType::I64)?;
+    let cfg = reference.lm.config();
+    let (k, t) = (codes.dim(1)?, codes.dim(2)?);
+    let text: Vec<i64> = (0..t as i64).map(|i| (i * 7919 + 13) % cfg.text_card as i64).collect();
+    let text = Tensor::from_vec(text, (1, 1, t), &cpu)?;
+    let lm_codes = Tensor::cat(&[&text, &codes.narrow(1, 0, cfg.dep_q.min(k))?, &codes.narrow(1, 0, cfg.user_streams().min(k))?], 1)?;
+    let mut ref_layers = Vec::new();
+    let tr = reference.lm.forward_teacher_map(&lm_codes, &mut |_, x| {
+        ref_layers.push(x.clone());
+        Ok(x)
+    })?;
+    let mut q_layers = Vec::new();
+    let tq = q8.lm.forward_teacher_map(&lm_codes.to_device(&q8.lm.temporal().device())?, &mut |_, x| {
+        q_layers.push(x.clone());
+        Ok(x)
+    })?;
+    let g = "lm q8";
+    let mut out = Vec::new();
+    for (i, (a, b)) in q_layers.iter().zip(&ref_layers).enumerate() {
+        out.push(Check::float_rel(g, &format!("layer {i}"), &a.to_device(&cpu)?, b, tol.rel)?);
+    }
+    out.push(Check::float_rel(g, "out_norm", &tq.temporal.out.to_device(&cpu)?, &tr.temporal.out, tol.rel)?);
+    out.push(Check::float_rel(g, "text_logits", &tq.temporal.text_logits.to_device(&cpu)?, &tr.temporal.text_logits, tol.rel)?);
+    out.push(agreement(g, "greedy text (agreement)", &argmax(&tq.temporal.text_logits)?, &argmax(&tr.temporal.text_logits)?, tol.agreement)?);
+    out.push(Check::float_rel(g, "depformer logits", &tq.depformer_logits.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
+    out.push(agreement(g, "greedy audio (agreement)", &argmax(&tq.depformer_logits)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
+    let (text, audio) = stream_teacher(q8, KvCacheKind::Model, &tq.delayed_input, &tq.depformer_tokens)?;
+    let g = "lm q8 streamed";
+    out.push(Check::float_rel(g, "text_logits", &text.to_device(&cpu)?, &tr.temporal.text_logits, tol.rel)?);
+    out.push(agreement(g, "greedy text (agreement)", &argmax(&text)?, &argmax(&tr.temporal.text_logits)?, tol.agreement)?);
+    out.push(Check::float_rel(g, "depformer logits", &audio.to_device(&cpu)?, &tr.depformer_logits, tol.rel)?);
+    out.push(agreement(g, "greedy audio (agreement)", &argmax(&audio)?, &argmax(&tr.depformer_logits)?, tol.agreement)?);
     Ok(out)
 }
 

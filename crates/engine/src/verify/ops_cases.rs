@@ -185,7 +185,7 @@ fn rope(e: &mut Env, offset: usize, permuted: bool) -> Result<Tensor> {
 
 fn zeroable_embedding(e: &mut Env) -> Result<Tensor> {
     let table = e.host(&[51, 24], 1.0)?;
-    let emb = ZeroableEmbedding::new(51, 24, &e.vb(vec![("weight", table)])?)?;
+    let emb = ZeroableEmbedding::new(51, 24, &e.vb(vec![("weight", table)])?.into())?;
     let tokens: Vec<i64> = (0..12).map(|_| e.below(52) as i64 - 1).collect(); // −1: "no token"
     emb.forward(&Tensor::from_vec(tokens, (2, 6), &Device::Cpu)?.to_device(e.device)?)
 }
@@ -208,7 +208,7 @@ fn streamed_attention(e: &mut Env, dh: usize, kind: KvCacheKind) -> Result<Tenso
     let d = h * dh;
     let w_in = e.host(&[3 * d, d], 1.0 / (d as f32).sqrt())?;
     let w_out = e.host(&[d, d], 1.0 / (d as f32).sqrt())?;
-    let attn = Attention::new(d, h, true, &StepLayout::Shared(e.vb(vec![("in_proj_weight", w_in), ("out_proj.weight", w_out)])?))?;
+    let attn = Attention::new(d, h, true, &StepLayout::Shared(e.vb(vec![("in_proj_weight", w_in), ("out_proj.weight", w_out)])?.into()))?;
     let rope = Rope::new(dh, 10_000.0);
     let x = e.rand(&[b, steps, d], 1.0)?;
     let mut cache = KvCache::new(kind);
