@@ -29,8 +29,8 @@ pub struct Tolerances {
 }
 
 impl Tolerances {
-    /// 8-bit weights (Q8_0: a scale per 32 weights, each weight within half a step, 1/254 of
-    /// its block's peak; the CPU and CUDA kernels quantize the activations the same way) against
+    /// 8-bit weights (Q8_0: a scale per 32 weights, stored as f16, each weight within half a
+    /// step, 1/254 of its block's peak, plus 1/2048 for the f16 scale; the CPU and CUDA kernels quantize the activations the same way) against
     /// f32: each product's relative error is ≈ 1/254 · √2 / √(terms' spread), about 0.3–0.5% of
     /// a layer's output, compounded over the layers and amplified where the residual stream
     /// cancels. 8e-2 of each tensor's peak (bf16's 5e-2 plus the 8-bit steps being 2× bf16's
