@@ -225,6 +225,8 @@ impl MimiConfig {
             ffn: FfnKind::Gelu,
             layer_scale: t.layer_scale.is_some(),
             rope: t.positional_embedding == "rope",
+            sin_scale: None,
+            schedule: None,
         }
     }
 }
