@@ -283,3 +283,78 @@ pub(super) fn parse(text: &str) -> Result<LmConfig, String> {
     let file: LmConfigFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
     file.resolve()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moshi_json(extra: &str) -> String {
+        let base = include_str!("../../../../golden/moshi_tiny/config.json").trim_end().trim_end_matches('}').to_string();
+        format!("{base}{extra}}}")
+    }
+
+    #[test]
+    fn released_layout_reads_and_keeps_lm_gen_config() {
+        let cfg = parse(&moshi_json("")).unwrap();
+        let g = cfg.lm_gen_config.as_ref().unwrap();
+        assert_eq!((g.temp, g.temp_text, g.top_k, g.top_k_text), (0.8, 0.7, 250, 25));
+        assert_eq!(cfg.default_sampling(), GenConfig::default());
+    }
+
+    #[test]
+    fn lm_gen_config_sets_the_default_sampling() {
+        let text = moshi_json("").replace("\"temp\": 0.8", "\"temp\": 0.6").replace("\"top_k_text\": 25", "\"top_k_text\": 5");
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.default_sampling().audio, SamplingConfig::sampled(0.6, 250));
+        assert_eq!(cfg.default_sampling().text, SamplingConfig::sampled(0.7, 5));
+        let greedy = moshi_json("").replace("\"temp\": 0.8", "\"use_sampling\": false, \"temp\": 0.8");
+        assert_eq!(parse(&greedy).unwrap().default_sampling(), GenConfig::greedy());
+    }
+
+    #[test]
+    fn unknown_and_unsupported_fields_are_named() {
+        for (extra, named) in [
+            (", \"no_such_key\": 1", "no_such_key"),
+            (", \"kv_repeat\": 2", "kv_repeat"),
+            (", \"bias_proj\": true", "bias_proj"),
+            (", \"depformer_norm\": \"rms_norm\"", "depformer_norm"),
+            (", \"extra_heads_num_heads\": 2", "extra_heads_num_heads"),
+            (", \"lora\": true", "lora"),
+            (", \"conditioners\": {\"x\": {}}", "conditioners"),
+            (", \"depformer_dim_feedforward_list\": [1]", "depformer_dim_feedforward_list"),
+        ] {
+            let e = parse(&moshi_json(extra)).unwrap_err();
+            assert!(e.contains(named), "{extra}: {e}");
+        }
+        let e = parse(&moshi_json("").replace("\"layer_scale\": null", "\"layer_scale\": 0.1")).unwrap_err();
+        assert!(e.contains("layer_scale"), "{e}");
+        let e = parse(&moshi_json("").replace("\"depformer_dim_feedforward\": 132", "\"depformer_dim_feedforward\": [132]")).unwrap_err();
+        assert!(e.contains("depformer_dim_feedforward"), "{e}");
+        let e = parse(&moshi_json("").replace("\"model_type\": \"moshi\"", "\"model_type\": \"hibiki\"")).unwrap_err();
+        assert!(e.contains("model_type"), "{e}");
+        let e = parse(&moshi_json(", \"lm_gen_config2\": {}")).unwrap_err();
+        assert!(e.contains("lm_gen_config2"), "{e}");
+    }
+
+    #[test]
+    fn absent_keys_take_the_reference_defaults() {
+        let cfg = parse(r#"{"num_layers": 2, "depformer_num_heads": 1, "context": 4, "n_q": 3, "dep_q": 3, "delays": [0, 1, 2, 4]}"#).unwrap();
+        assert_eq!((cfg.norm.as_str(), cfg.gating.as_str(), cfg.positional_embedding.as_str(), cfg.depformer_pos_emb.as_str()), ("layer_norm", "none", "sin", "sin"));
+        assert_eq!((cfg.dim, cfg.card, cfg.text_card, cfg.depformer_dim, cfg.depformer_num_layers), (128, 1024, 32000, 256, 2));
+        assert_eq!(cfg.depformer_gating, "none", "the depformer inherits gating");
+        let e = parse(r#"{"depformer_num_heads": 1, "context": 4}"#).unwrap_err();
+        assert!(e.contains("num_layers"), "{e}");
+        let e = parse(r#"{"num_layers": 2, "depformer_num_heads": 1}"#).unwrap_err();
+        assert!(e.contains("context"), "{e}");
+    }
+
+    #[test]
+    fn mimi_codebooks_are_derived_as_the_reference_does() {
+        let cfg = parse(&moshi_json("")).unwrap();
+        assert_eq!(cfg.mimi_codebooks(), 8);
+        let c = LmConfig { n_q: 32, dep_q: 16, ..cfg.clone() };
+        assert_eq!(c.mimi_codebooks(), 16);
+        let c = LmConfig { n_q: 12, dep_q: 4, ..cfg };
+        assert_eq!(c.mimi_codebooks(), 8);
+    }
+}
