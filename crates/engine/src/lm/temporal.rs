@@ -206,7 +206,7 @@ impl Temporal {
 
     /// The summed embeddings of `tokens` [B, 1 + n_q, T] (text, then audio streams; −1
     /// contributes nothing).
-    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         self.embeddings.forward(tokens)
     }
 
@@ -219,6 +219,20 @@ impl Temporal {
     /// Whole-sequence forward of already-delayed streams `tokens` [B, 1 + n_q, T].
     pub fn forward(&self, tokens: &Tensor) -> Result<TemporalOut> {
         self.head(self.transformer.forward(&self.embed(tokens)?)?)
+    }
+
+    /// As `forward`, `tap(layer, op, output)` after every op group of every layer (`verify trace`).
+    pub fn forward_tapped(
+        &self,
+        tokens: &Tensor,
+        tap: &mut dyn FnMut(usize, &'static str, Tensor) -> Result<Tensor>,
+    ) -> Result<TemporalOut> {
+        self.head(self.transformer.forward_tapped(&self.embed(tokens)?, tap)?)
+    }
+
+    /// The temporal transformer (to re-run one layer op by op: `verify trace`).
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
     }
 
     /// As `forward`, with `map(layer, output)` applied after every temporal layer (see
