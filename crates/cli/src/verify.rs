@@ -70,8 +70,10 @@ pub enum VerifyCommand {
         file: PathBuf,
         #[command(flatten)]
         source: MoshiSource,
+        /// The device under test (cuda and metal need a build with that feature).
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// The LM's dtype on the device under test (Mimi runs in f32).
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
         /// Perturb one op group of one temporal layer on the device side: LAYER:OP[:SCALE]
