@@ -150,28 +150,42 @@ pub struct SamplingArgs {
     /// Greedy decoding (argmax) for text and audio; the sampling flags are then ignored.
     #[arg(long)]
     pub greedy: bool,
-    /// Audio sampling temperature (≥ 0; 0 is greedy).
-    #[arg(long, default_value_t = 0.8, value_parser = crate::values::temperature, allow_negative_numbers = true)]
-    pub temperature: f64,
-    /// Text sampling temperature (≥ 0; 0 is greedy).
-    #[arg(long, default_value_t = 0.7, value_parser = crate::values::temperature, allow_negative_numbers = true)]
-    pub text_temperature: f64,
-    /// Audio tokens sampled among the k most likely (≥ 1).
-    #[arg(long, default_value_t = 250, value_parser = crate::values::positive, allow_negative_numbers = true)]
-    pub top_k: usize,
-    /// Text tokens sampled among the k most likely (≥ 1).
-    #[arg(long, default_value_t = 25, value_parser = crate::values::positive, allow_negative_numbers = true)]
-    pub text_top_k: usize,
+    /// Audio sampling temperature (≥ 0; 0 is greedy). Default: the checkpoint's `lm_gen_config`,
+    /// else 0.8.
+    #[arg(long, value_parser = crate::values::temperature, allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
+    /// Text sampling temperature (≥ 0; 0 is greedy). Default: `lm_gen_config`, else 0.7.
+    #[arg(long, value_parser = crate::values::temperature, allow_negative_numbers = true)]
+    pub text_temperature: Option<f64>,
+    /// Audio tokens sampled among the k most likely (≥ 1). Default: `lm_gen_config`, else 250.
+    #[arg(long, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub top_k: Option<usize>,
+    /// Text tokens sampled among the k most likely (≥ 1). Default: `lm_gen_config`, else 25.
+    #[arg(long, value_parser = crate::values::positive, allow_negative_numbers = true)]
+    pub text_top_k: Option<usize>,
 }
 
 impl SamplingArgs {
-    pub fn gen_config(&self) -> moshi_engine::lm::GenConfig {
+    /// The settings these flags give over `defaults` (the checkpoint's `lm_gen_config`, see
+    /// `LmConfig::default_sampling`): each flag given replaces that one value.
+    pub fn gen_config(&self, defaults: moshi_engine::lm::GenConfig) -> moshi_engine::lm::GenConfig {
         use moshi_engine::lm::{GenConfig, SamplingConfig};
         if self.greedy {
             return GenConfig::greedy();
         }
-        let pick = |t: f64, k: usize| SamplingConfig::from_user(t, k).expect("checked by the value parsers");
-        GenConfig { text: pick(self.text_temperature, self.text_top_k), audio: pick(self.temperature, self.top_k) }
+        // A greedy default has no top-k of its own: a temperature given alone samples among the
+        // reference's default k.
+        let merge = |d: SamplingConfig, reference: SamplingConfig, t: Option<f64>, k: Option<usize>| {
+            if t.is_none() && k.is_none() {
+                return d;
+            }
+            let (dt, dk) = if d.is_greedy() { (0.0, reference.top_k) } else { (d.temperature.unwrap_or(0.0), d.top_k) };
+            SamplingConfig::from_user(t.unwrap_or(dt), k.unwrap_or(dk)).expect("checked by the value parsers")
+        };
+        GenConfig {
+            text: merge(defaults.text, SamplingConfig::text_default(), self.text_temperature, self.text_top_k),
+            audio: merge(defaults.audio, SamplingConfig::audio_default(), self.temperature, self.top_k),
+        }
     }
 }
 

@@ -175,7 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         frames.truncate(m);
     }
 
-    let gen = args.sampling.gen_config();
+    let gen = args.sampling.gen_config(moshi.lm.config().default_sampling());
     let prompt = match &prompt_spec {
         Some(spec) => Some(moshi.prepare_prompt(spec).context("the PersonaPlex prompt (--text-prompt, --voice-prompt)")?),
         None => None,

@@ -98,7 +98,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = crate::model::device(args.runtime.device)?;
     let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
     eprintln!("model: {}", loaded.identity);
-    let defaults = args.sampling.gen_config();
+    let defaults = args.sampling.gen_config(loaded.moshi.lm.config().default_sampling());
     let cfg = ServerConfig {
         host: args.host,
         port: args.port,

@@ -62,6 +62,25 @@ pub enum VerifyCommand {
         #[arg(long, value_enum, default_value = "on")]
         q8: crate::model::OnOff,
     },
+    /// A reference run recorded by tools/golden/record_trace.py, recomputed on --device/--dtype
+    /// teacher-forced on its tokens: every Mimi stage, every temporal layer, the text logits,
+    /// greedy agreement; a failing layer is re-run op by op against the CPU to name the op.
+    Trace {
+        /// The trace file (safetensors, from record_trace.py).
+        file: PathBuf,
+        #[command(flatten)]
+        source: MoshiSource,
+        /// The device under test (cuda and metal need a build with that feature).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// The LM's dtype on the device under test (Mimi runs in f32).
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        /// Perturb one op group of one temporal layer on the device side: LAYER:OP[:SCALE]
+        /// (OP: norm1, self_attn, residual_1, norm2, ffn, residual_2; scale default 0.01).
+        #[arg(long)]
+        inject_fault: Option<String>,
+    },
 }
 
 fn golden_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -94,6 +113,20 @@ pub fn report(what: &str, checks: &[Check]) -> anyhow::Result<()> {
 
 pub fn run(cmd: VerifyCommand) -> anyhow::Result<()> {
     match cmd {
+        VerifyCommand::Trace { file, source, device, dtype, inject_fault } => {
+            use moshi_engine::verify::trace;
+            let fault = inject_fault.as_deref().map(str::parse::<trace::OpFault>).transpose()?;
+            let t = trace::Trace::load(&file)?;
+            let (dev, dt) = (crate::model::device(device)?, crate::model::dtype(dtype));
+            let dut = source.load(dt, &dev)?;
+            eprintln!("model: {}; {} {} against the trace {}", dut.identity, crate::model::cli_name(&device), crate::model::cli_name(&dtype), file.display());
+            let mut cpu_reference = || -> moshi_engine::Result<moshi_engine::conversation::Moshi> {
+                source.load(candle_core::DType::F32, &candle_core::Device::Cpu).map(|l| l.moshi).map_err(|e| moshi_engine::EngineError::InvalidInput(format!("loading the CPU f32 copy: {e:#}")))
+            };
+            let (checks, diag) = trace::run(&t, &dut.moshi, &mut cpu_reference, fault.as_ref())?;
+            println!("{}", diag.verdict);
+            report("verify trace", &checks)
+        }
         VerifyCommand::Golden { golden } => {
             let dir = golden_dir(golden)?;
             report("verify golden", &moshi_engine::verify::golden::run(&dir)?)

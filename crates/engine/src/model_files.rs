@@ -191,7 +191,8 @@ impl MoshiFiles {
         })
     }
 
-    /// Load everything, checking names and shapes before reading tensors.
+    /// Load everything, checking names and shapes before reading tensors. A Mimi config without
+    /// `num_codebooks` gets the LM's (`LmConfig::mimi_codebooks`), as the reference derives it.
     pub fn load(&self, dtype: DType, device: &Device) -> Result<Moshi> {
         self.load_with(&LoadOptions::dtype(dtype), device)
     }
@@ -202,7 +203,10 @@ impl MoshiFiles {
         // Mimi runs in f32 whatever the LM's dtype: every reference anchor is f32, and it is small.
         let t0 = std::time::Instant::now();
         tracing::info!(file = %self.mimi_weights.display(), ?device, "loading Mimi (f32)");
-        let mimi = Mimi::load(&self.mimi_weights, &self.mimi_config, DType::F32, device)?;
+        let mimi_config = self.mimi_config.clone().with_lm_codebooks(self.lm_config.mimi_codebooks()).map_err(|msg| {
+            EngineError::Config { path: self.mimi_weights.display().to_string(), msg: format!("the Mimi config with the LM's codebooks: {msg}") }
+        })?;
+        let mimi = Mimi::load(&self.mimi_weights, &mimi_config, DType::F32, device)?;
         tracing::info!(file = %self.lm_weights.display(), ?dtype, weights = options.weights.name(), ?device, "loading the LM");
         let lm = LmModel::load_with(std::slice::from_ref(&self.lm_weights), &self.lm_config, options, device)?;
         tracing::info!(file = %self.tokenizer.display(), "loading the tokenizer");

@@ -21,7 +21,7 @@ const TOKENIZER: &[u8] = include_bytes!("../../../golden/lm_tiny/tokenizer.model
 
 /// The tiny LM's configuration.
 pub fn lm_config() -> LmConfig {
-    serde_json::from_str(LM_CONFIG).expect("the embedded tiny LM config is valid (checked by tests)")
+    LmConfig::from_json_str(LM_CONFIG, "<embedded tiny>/config.json").expect("the embedded tiny LM config is valid (checked by tests)")
 }
 
 /// Load the embedded tiny Moshi (Mimi always in f32; the LM in `dtype`).

@@ -354,6 +354,8 @@ fn mimi_like_config(context: usize) -> TransformerConfig {
         ffn: FfnKind::Gelu,
         layer_scale: true,
         rope: true,
+        sin_scale: None,
+        schedule: None,
     }
 }
 

@@ -7,9 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::config_file::LmGenDefaults;
 use crate::error::{EngineError, Result};
 
-/// `_lm_kwargs` (fields the engine does not use are ignored when reading).
+/// `_lm_kwargs`, resolved (the reference's defaults filled in; see `config_file` for how a
+/// `config.json` is read: strictly, every key implemented or refused by name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LmConfig {
     pub dim: usize,
@@ -27,11 +29,17 @@ pub struct LmConfig {
     pub causal: bool,
     pub context: usize,
     pub max_period: f64,
-    /// "silu" (gated).
+    /// "silu" or "gelu" (gated FFN, `gating.linear_in/out`), or "none" (plain GELU FFN,
+    /// `linear1/linear2`). The depformer's is `depformer_gating`.
     pub gating: String,
-    /// "rms_norm_f32".
+    /// "rms_norm_f32" (Moshi), "rms_norm", "layer_norm", "layer_norm_f32": every norm of both
+    /// transformers and `out_norm`.
     pub norm: String,
+    /// "rope", "sin", "sin_rope" or "none".
     pub positional_embedding: String,
+    /// Scale of the sinusoidal embedding ("sin", "sin_rope").
+    #[serde(default = "one_f64")]
+    pub positional_scale: f64,
     pub depformer_dim: usize,
     /// `None` means `hidden_scale · depformer_dim`, as in the reference.
     pub depformer_dim_feedforward: Option<usize>,
@@ -41,10 +49,24 @@ pub struct LmConfig {
     pub depformer_context: usize,
     pub depformer_max_period: f64,
     pub depformer_gating: String,
+    /// As `positional_embedding`, for the depformer (positions are the steps of a frame).
     pub depformer_pos_emb: String,
+    #[serde(default = "one_f64")]
+    pub depformer_positional_scale: f64,
     pub depformer_weights_per_step: bool,
+    /// Step k of the depformer uses weight set `schedule[k]` (attention, FFN and, with
+    /// `depformer_multi_linear`, its input projection); None: set k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depformer_weights_per_step_schedule: Option<Vec<usize>>,
+    /// The depformer's input embeddings as a table of this width followed by a bias-free linear
+    /// up to `depformer_dim` (`{emb}.low_rank.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depformer_low_rank_embeddings: Option<usize>,
     /// Per stream: text, then the n_q audio streams.
     pub delays: Vec<usize>,
+    /// The checkpoint's default sampling (`lm_gen_config`); flags and query parameters override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_gen_config: Option<LmGenDefaults>,
     /// PersonaPlex (NVIDIA's fine-tune with persona and voice prompts): its prompt constants.
     /// Absent for Kyutai's models, which have no prompt training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +93,10 @@ pub struct PersonaPlexConfig {
     /// which is 0 for PersonaPlex's 16-step depformer).
     #[serde(default = "default_user_codebooks")]
     pub user_codebooks: usize,
+}
+
+fn one_f64() -> f64 {
+    1.0
 }
 
 fn default_zero_text() -> u32 {
@@ -115,6 +141,7 @@ impl Default for LmConfig {
             gating: "silu".into(),
             norm: "rms_norm_f32".into(),
             positional_embedding: "rope".into(),
+            positional_scale: 1.0,
             depformer_dim: 1024,
             depformer_dim_feedforward: Some(4224),
             depformer_num_heads: 16,
@@ -124,8 +151,12 @@ impl Default for LmConfig {
             depformer_max_period: 10_000.0,
             depformer_gating: "silu".into(),
             depformer_pos_emb: "none".into(),
+            depformer_positional_scale: 1.0,
             depformer_weights_per_step: true,
+            depformer_weights_per_step_schedule: None,
+            depformer_low_rank_embeddings: None,
             delays: vec![0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+            lm_gen_config: None,
             personaplex: None,
         }
     }
@@ -145,9 +176,73 @@ impl LmConfig {
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let err = |msg: String| EngineError::Config { path: path.display().to_string(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        cfg.validate(&path.display().to_string())?;
+        Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Read Kyutai's `config.json` text strictly (see `config_file`); `origin` names it in errors.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
+        let cfg = super::config_file::parse(text).map_err(|msg| EngineError::Config { path: origin.to_string(), msg })?;
+        cfg.validate(origin)?;
         Ok(cfg)
+    }
+
+    /// The default sampling of this checkpoint: its `lm_gen_config`, else the reference's.
+    pub fn default_sampling(&self) -> super::generate::GenConfig {
+        self.lm_gen_config.as_ref().and_then(|g| g.gen_config().ok()).unwrap_or_default()
+    }
+
+    /// The weight sets of the depformer (`max(schedule) + 1`, `dep_q`, or 1 when shared).
+    pub fn depformer_weight_sets(&self) -> usize {
+        match (&self.depformer_weights_per_step_schedule, self.depformer_weights_per_step) {
+            (_, false) => 1,
+            (Some(s), true) => s.iter().max().map_or(1, |m| m + 1),
+            (None, true) => self.dep_q,
+        }
+    }
+
+    /// The weight set depformer step `k` uses.
+    pub fn depformer_weight_set(&self, k: usize) -> usize {
+        match (&self.depformer_weights_per_step_schedule, self.depformer_weights_per_step) {
+            (_, false) => 0,
+            (Some(s), true) => s[k],
+            (None, true) => k,
+        }
+    }
+
+    /// The depformer's input projections (`depformer_in.{i}`): one per weight set with
+    /// `depformer_multi_linear` (one per step without a schedule), else one.
+    pub fn depformer_inputs(&self) -> usize {
+        match (self.depformer_multi_linear, &self.depformer_weights_per_step_schedule) {
+            (false, _) => 1,
+            (true, Some(s)) => s.iter().max().map_or(1, |m| m + 1),
+            (true, None) => self.dep_q,
+        }
+    }
+
+    /// The input projection depformer step `k` uses.
+    pub fn depformer_input(&self, k: usize) -> usize {
+        match (self.depformer_multi_linear, &self.depformer_weights_per_step_schedule) {
+            (false, _) => 0,
+            (true, Some(s)) => s[k],
+            (true, None) => k,
+        }
+    }
+
+    /// Audio codebooks Mimi must produce for this LM, as the reference's `CheckpointInfo.get_mimi`
+    /// derives them: `max(dep_q, n_q − dep_q)`.
+    /// PersonaPlex: its 8 user codebooks.
+    pub fn mimi_codebooks(&self) -> usize {
+        match &self.personaplex {
+            Some(p) => p.user_codebooks,
+            None => self.dep_q.max(self.n_q - self.dep_q.min(self.n_q)),
+        }
+    }
+
+    /// The temporal FFN's width as the reference computes it: `int(hidden_scale · dim)` for a
+    /// plain FFN, the gated hidden width of that for a gated one.
+    pub fn ffn_hidden(&self) -> usize {
+        let ff = (self.hidden_scale * self.dim as f64) as usize;
+        if self.gating == "none" { ff } else { gated_hidden(self.dim, ff) }
     }
 
     fn depformer_ff(&self) -> usize {
@@ -162,6 +257,11 @@ impl LmConfig {
     /// The depformer's gated FFN width implied by the config.
     pub fn depformer_gated_hidden(&self) -> usize {
         gated_hidden(self.depformer_dim, self.depformer_ff())
+    }
+
+    /// The depformer's plain (`gating: none`) FFN width.
+    pub fn depformer_plain_hidden(&self) -> usize {
+        self.depformer_ff()
     }
 
     /// Streams the model reads: text, then `n_q` audio streams.
@@ -210,17 +310,32 @@ impl LmConfig {
             return err(format!("dep_q {} must be in 1..=n_q ({})", self.dep_q, self.n_q));
         }
         for (what, v) in [("gating", &self.gating), ("depformer_gating", &self.depformer_gating)] {
-            if v != "silu" {
-                return err(format!("{what} \"{v}\" is not supported (Moshi uses \"silu\")"));
+            if !matches!(v.as_str(), "silu" | "gelu" | "none") {
+                return err(format!("{what} \"{v}\" is not supported (silu, gelu or none)"));
             }
         }
-        if self.norm != "rms_norm_f32" {
-            return err(format!("norm \"{}\" is not supported (Moshi uses \"rms_norm_f32\")", self.norm));
+        if self.depformer_gating == "none" && self.depformer_weights_per_step {
+            return err("depformer_gating \"none\" with depformer_weights_per_step (the reference refuses it too)".into());
+        }
+        if crate::nn::norm::NormKind::from_name(&self.norm).is_none() {
+            return err(format!("norm \"{}\" is not supported (rms_norm_f32, rms_norm, layer_norm, layer_norm_f32)", self.norm));
         }
         for (what, v) in [("positional_embedding", &self.positional_embedding), ("depformer_pos_emb", &self.depformer_pos_emb)] {
-            if v != "rope" && v != "none" {
-                return err(format!("{what} \"{v}\" is not supported (rope or none)"));
+            if crate::nn::transformer::PosEmb::from_name(v).is_none() {
+                return err(format!("{what} \"{v}\" is not supported (rope, sin, sin_rope or none; rope_concat is not)"));
             }
+        }
+        if let Some(s) = &self.depformer_weights_per_step_schedule {
+            if s.len() != self.dep_q {
+                return err(format!("depformer_weights_per_step_schedule has {} entries for dep_q {}", s.len(), self.dep_q));
+            }
+            let sets = s.iter().max().map_or(0, |m| m + 1);
+            if (0..sets).any(|i| !s.contains(&i)) {
+                return err(format!("depformer_weights_per_step_schedule {s:?} leaves a weight set unused"));
+            }
+        }
+        if self.depformer_low_rank_embeddings == Some(0) {
+            return err("depformer_low_rank_embeddings must be at least 1".into());
         }
         if !self.dim.is_multiple_of(self.num_heads) || !self.depformer_dim.is_multiple_of(self.depformer_num_heads) {
             return err("dim must be a multiple of num_heads (and depformer_dim of depformer_num_heads)".into());
@@ -252,110 +367,5 @@ impl LmConfig {
             }
         }
         Ok(())
-    }
-
-    /// Every tensor of a checkpoint in Kyutai's Candle layout (`kyutai/moshiko-candle-bf16`):
-    /// the temporal names as in the PyTorch layout, the depformer split per step into
-    /// `depformer.{k}.{linear_in, emb, linear_out, transformer.layers.{l}.*}`.
-    pub fn candle_layout_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, dd) = (self.dim, self.depformer_dim);
-        let dh = self.depformer_gated_hidden();
-        let mut t: Vec<(String, Vec<usize>)> = self
-            .pytorch_layout_tensors()
-            .into_iter()
-            .filter(|(n, _)| {
-                !(n.starts_with("depformer") || n.starts_with("linears."))
-            })
-            .collect();
-        for k in 0..self.dep_q {
-            let p = format!("depformer.{k}");
-            let rows = if k == 0 { self.text_card + 1 } else { self.card + 1 };
-            t.push((format!("{p}.linear_in.weight"), vec![dd, d]));
-            t.push((format!("{p}.emb.weight"), vec![rows, dd]));
-            t.push((format!("{p}.linear_out.weight"), vec![self.card, dd]));
-            for l in 0..self.depformer_num_layers {
-                let q = format!("{p}.transformer.layers.{l}");
-                t.push((format!("{q}.self_attn.in_proj_weight"), vec![3 * dd, dd]));
-                t.push((format!("{q}.self_attn.out_proj.weight"), vec![dd, dd]));
-                t.push((format!("{q}.norm1.alpha"), vec![1, 1, dd]));
-                t.push((format!("{q}.norm2.alpha"), vec![1, 1, dd]));
-                t.push((format!("{q}.gating.linear_in.weight"), vec![2 * dh, dd]));
-                t.push((format!("{q}.gating.linear_out.weight"), vec![dd, dh]));
-            }
-        }
-        t.sort();
-        t
-    }
-
-    /// Parameters a streaming step reads in full: every weight except the embedding tables (a
-    /// step gathers a few of their rows). Times the dtype's size over a step's time, this is the
-    /// achieved weight bandwidth.
-    /// Only the depformer steps a step runs count (PersonaPlex: 8 of 16).
-    pub fn streamed_params(&self) -> usize {
-        let (run, steps) = (self.agent_streams(), self.dep_q);
-        let step_of = |n: &str| -> Option<usize> {
-            let rest = ["depformer_in.", "linears."].iter().find_map(|p| n.strip_prefix(p)).or_else(|| n.split(".gating.").nth(1))?;
-            rest.split('.').next()?.parse().ok()
-        };
-        self.pytorch_layout_tensors()
-            .iter()
-            .filter(|(n, _)| !n.contains("emb"))
-            .filter(|(n, _)| step_of(n).is_none_or(|k| k < run))
-            .map(|(n, s)| {
-                let all = s.iter().product::<usize>();
-                // The stacked per-step attention weights: only the steps run are read.
-                if n.starts_with("depformer.layers.") && n.contains("self_attn") { all / steps * run } else { all }
-            })
-            .sum()
-    }
-
-    /// Every tensor of a checkpoint in Kyutai's released PyTorch layout, with its shape: per-step
-    /// depformer attention projections stacked along dim 0, FFNs as `gating.{k}`.
-    pub fn pytorch_layout_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, dd, k) = (self.dim, self.depformer_dim, self.dep_q);
-        let h = self.gated_hidden();
-        let dh = self.depformer_gated_hidden();
-        let mut t: Vec<(String, Vec<usize>)> = vec![
-            ("text_emb.weight".into(), vec![self.text_card + 1, d]),
-            ("text_linear.weight".into(), vec![self.text_card, d]),
-            ("out_norm.alpha".into(), vec![1, 1, d]),
-            ("depformer_text_emb.weight".into(), vec![self.text_card + 1, dd]),
-        ];
-        for i in 0..self.n_q {
-            t.push((format!("emb.{i}.weight"), vec![self.card + 1, d]));
-        }
-        for l in 0..self.num_layers {
-            let p = format!("transformer.layers.{l}");
-            t.push((format!("{p}.self_attn.in_proj_weight"), vec![3 * d, d]));
-            t.push((format!("{p}.self_attn.out_proj.weight"), vec![d, d]));
-            t.push((format!("{p}.norm1.alpha"), vec![1, 1, d]));
-            t.push((format!("{p}.norm2.alpha"), vec![1, 1, d]));
-            t.push((format!("{p}.gating.linear_in.weight"), vec![2 * h, d]));
-            t.push((format!("{p}.gating.linear_out.weight"), vec![d, h]));
-        }
-        let steps = if self.depformer_weights_per_step { k } else { 1 };
-        let n_in = if self.depformer_multi_linear { k } else { 1 };
-        for i in 0..n_in {
-            t.push((format!("depformer_in.{i}.weight"), vec![dd, d]));
-        }
-        for i in 0..k - 1 {
-            t.push((format!("depformer_emb.{i}.weight"), vec![self.card + 1, dd]));
-        }
-        for i in 0..k {
-            t.push((format!("linears.{i}.weight"), vec![self.card, dd]));
-        }
-        for l in 0..self.depformer_num_layers {
-            let p = format!("depformer.layers.{l}");
-            t.push((format!("{p}.self_attn.in_proj_weight"), vec![steps * 3 * dd, dd]));
-            t.push((format!("{p}.self_attn.out_proj.weight"), vec![steps * dd, dd]));
-            t.push((format!("{p}.norm1.alpha"), vec![1, 1, dd]));
-            t.push((format!("{p}.norm2.alpha"), vec![1, 1, dd]));
-            for s in 0..steps {
-                t.push((format!("{p}.gating.{s}.linear_in.weight"), vec![2 * dh, dd]));
-                t.push((format!("{p}.gating.{s}.linear_out.weight"), vec![dd, dh]));
-            }
-        }
-        t.sort();
-        t
     }
 }

@@ -1,8 +1,10 @@
 //! The depformer: a small transformer run along the codebook axis of one time step. Step k reads
 //! `depformer_in[k](temporal output)` plus the embedding of the token chosen just before it (the
 //! text token for k = 0, model audio codebook k−1 after) and predicts model audio codebook k
-//! through its own head `linears[k]`. Attention and FFN weights are per step, norms shared, no
-//! positional embedding; its KV cache starts empty at every time step.
+//! through its own head `linears[k]`. Attention and FFN weights are per step (or per weight set,
+//! with `depformer_weights_per_step_schedule`), norms shared, positional embedding none (Moshi),
+//! RoPE or sinusoidal over the steps; input embeddings full or low-rank; its KV cache starts empty
+//! at every time step.
 //!
 //! Checkpoint names, Kyutai's PyTorch layout: `depformer_in.{k}`, `depformer_text_emb`,
 //! `depformer_emb.{k-1}`, `linears.{k}`, `depformer.layers.{l}.*` (stacked per-step weights).
@@ -17,7 +19,7 @@ use super::model::Layout;
 use crate::error::{EngineError, Result};
 use crate::nn::norm::NormKind;
 use crate::nn::per_step::StepLayout;
-use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig, TransformerState};
+use crate::nn::transformer::{FfnKind, PosEmb, Transformer, TransformerConfig, TransformerState};
 use crate::nn::{linear_no_bias, Linear};
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,13 @@ impl Depformer {
     /// `vb` points at the checkpoint root.
     pub fn new(cfg: &LmConfig, vb: &Weights, layout: Layout) -> Result<Self> {
         let (d, dd, k) = (cfg.dim, cfg.depformer_dim, cfg.dep_q);
+        let unsupported = |what: &str| EngineError::InvalidInput(format!("{what} is not supported"));
+        let ffn = FfnKind::from_name(&cfg.depformer_gating).ok_or_else(|| unsupported("depformer_gating"))?;
+        let norm = NormKind::from_name(&cfg.norm).ok_or_else(|| unsupported("norm"))?;
+        let pos = PosEmb::from_name(&cfg.depformer_pos_emb).ok_or_else(|| unsupported("depformer_pos_emb"))?;
+        if ffn == FfnKind::Gelu {
+            return Err(unsupported("depformer_gating \"none\" (the reference refuses it with per-step weights)"));
+        }
         let fallback = cfg.depformer_gated_hidden();
         let hidden = match layout {
             Layout::PyTorch => ffn_width(vb, "depformer.layers.0.gating.0.linear_out.weight", fallback)?,
@@ -55,32 +64,47 @@ impl Depformer {
             // frame has `dep_q` steps, so every step sees all the earlier ones.
             context: k,
             max_period: cfg.depformer_max_period,
-            norm: NormKind::RmsNormF32,
-            ffn: FfnKind::GatedSilu,
+            norm,
+            ffn,
             layer_scale: false,
-            rope: cfg.depformer_pos_emb == "rope",
+            rope: pos.rope(),
+            sin_scale: pos.sin().then_some(cfg.depformer_positional_scale),
+            schedule: cfg.depformer_weights_per_step_schedule.clone(),
         };
         let emb_rows = |s: usize| if s == 0 { cfg.text_card + 1 } else { cfg.card + 1 };
+        let emb = |s: usize, vb: &Weights| match cfg.depformer_low_rank_embeddings {
+            Some(r) => ZeroableEmbedding::low_rank(emb_rows(s), r, dd, vb),
+            None => ZeroableEmbedding::new(emb_rows(s), dd, vb),
+        };
         match layout {
             Layout::PyTorch => {
                 if !cfg.depformer_weights_per_step {
                     return Err(EngineError::InvalidInput(
-                        "a depformer without per-step weights is not supported (no released model has one)".into(),
+                        "depformer_weights_per_step false is not supported (the reference cannot stream such a depformer either: its cache needs a capacity)".into(),
                     ));
                 }
-                let n_in = if cfg.depformer_multi_linear { k } else { 1 };
-                let ins: Vec<Linear> =
-                    (0..n_in).map(|s| linear_no_bias(d, dd, &vb.pp("depformer_in").pp(s))).collect::<Result<_>>()?;
-                let inputs = (0..k).map(|s| ins[s.min(n_in - 1)].clone()).collect();
-                let mut embs = vec![ZeroableEmbedding::new(emb_rows(0), dd, &vb.pp("depformer_text_emb"))?];
+                let ins: Vec<Linear> = (0..cfg.depformer_inputs())
+                    .map(|s| linear_no_bias(d, dd, &vb.pp("depformer_in").pp(s)))
+                    .collect::<Result<_>>()?;
+                let inputs = (0..k).map(|s| ins[cfg.depformer_input(s)].clone()).collect();
+                let mut embs = vec![emb(0, &vb.pp("depformer_text_emb"))?];
                 for s in 1..k {
-                    embs.push(ZeroableEmbedding::new(emb_rows(s), dd, &vb.pp("depformer_emb").pp(s - 1))?);
+                    embs.push(emb(s, &vb.pp("depformer_emb").pp(s - 1))?);
                 }
                 let heads = (0..k).map(|s| linear_no_bias(dd, cfg.card, &vb.pp("linears").pp(s))).collect::<Result<_>>()?;
-                let transformer = Transformer::with_layout(&tcfg, &StepLayout::Stacked(vb.pp("depformer"), k))?;
+                let layout = StepLayout::Stacked(vb.pp("depformer"), cfg.depformer_weight_sets());
+                let transformer = Transformer::with_layout(&tcfg, &layout)?;
                 Ok(Self { inputs, embs, transformer, heads })
             }
             Layout::Candle => {
+                for (field, set) in [
+                    ("depformer_weights_per_step_schedule", cfg.depformer_weights_per_step_schedule.is_some()),
+                    ("depformer_low_rank_embeddings", cfg.depformer_low_rank_embeddings.is_some()),
+                ] {
+                    if set {
+                        return Err(unsupported(&format!("{field} with Kyutai's Candle layout (use the PyTorch checkpoint)")));
+                    }
+                }
                 let slices: Vec<Weights> = (0..k).map(|s| vb.pp("depformer").pp(s)).collect();
                 let inputs = slices.iter().map(|v| linear_no_bias(d, dd, &v.pp("linear_in"))).collect::<Result<_>>()?;
                 let embs = (0..k)

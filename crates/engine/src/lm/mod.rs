@@ -4,6 +4,7 @@
 //! eager or as a CUDA graph, in `frame_graph`).
 
 pub mod config;
+pub mod config_file;
 pub mod delays;
 pub mod depformer;
 pub mod frame_graph;
@@ -14,8 +15,10 @@ pub mod random;
 pub mod row_prefill;
 pub mod sampling;
 pub mod temporal;
+mod tensors;
 
 pub use config::{LmConfig, PersonaPlexConfig};
+pub use config_file::LmGenDefaults;
 pub use frame_graph::GraphState;
 pub use generate::{GenConfig, LmGenState, StepOut};
 pub use prompt::{LmPrompt, VoiceEmbeddings, VoicePrompt};

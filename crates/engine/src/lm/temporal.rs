@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Tensor};
 use super::config::LmConfig;
 use crate::error::{EngineError, Result};
 use crate::nn::norm::{Norm, NormKind};
-use crate::nn::transformer::{FfnKind, Transformer, TransformerConfig, TransformerState};
+use crate::nn::transformer::{FfnKind, PosEmb, Transformer, TransformerConfig, TransformerState};
 use crate::nn::{linear_no_bias, Linear};
 use crate::weights::Weights;
 
@@ -17,9 +17,12 @@ use crate::weights::Weights;
 /// on other devices the callers' tokens are checked where they are made).
 #[derive(Debug, Clone)]
 pub struct ZeroableEmbedding {
-    /// [1 + rows, dim], row 0 zero.
+    /// [1 + rows, dim or rank], row 0 zero.
     table: Tensor,
     rows: usize,
+    /// Kyutai's low-rank embeddings: the table is `rank` wide and this projects it up to `dim`
+    /// (a zero row stays zero: the projection has no bias).
+    low_rank: Option<Linear>,
 }
 
 /// `table` [rows, dim] with a zero row in front.
@@ -40,12 +43,18 @@ fn check_tokens(tokens: &Tensor, rows: usize, what: &str) -> Result<()> {
 
 impl ZeroableEmbedding {
     pub fn new(rows: usize, dim: usize, vb: &Weights) -> Result<Self> {
-        Ok(Self { table: with_zero_row(&vb.table([rows, dim], "weight")?)?, rows })
+        Ok(Self { table: with_zero_row(&vb.table([rows, dim], "weight")?)?, rows, low_rank: None })
     }
 
-    /// Bytes of the table.
+    /// A table `rank` wide and its projection `low_rank.weight` [dim, rank].
+    pub fn low_rank(rows: usize, rank: usize, dim: usize, vb: &Weights) -> Result<Self> {
+        let table = with_zero_row(&vb.table([rows, rank], "weight")?)?;
+        Ok(Self { table, rows, low_rank: Some(linear_no_bias(rank, dim, &vb.pp("low_rank"))?) })
+    }
+
+    /// Bytes of the table (and its projection, if low-rank).
     pub fn bytes(&self) -> usize {
-        self.table.elem_count() * self.table.dtype().size_in_bytes()
+        self.table.elem_count() * self.table.dtype().size_in_bytes() + self.low_rank.as_ref().map(Linear::bytes).unwrap_or(0)
     }
 
     /// `tokens` [B, T] (−1 allowed) → [B, T, dim].
@@ -60,7 +69,11 @@ impl ZeroableEmbedding {
     /// that has the tokens there (one upload, no conversions on the device). Not range-checked.
     pub fn forward_shifted(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        Ok(crate::exec::embedding(&self.table, &ids.flatten_all()?)?.reshape((b, t, ()))?)
+        let e = crate::exec::embedding(&self.table, &ids.flatten_all()?)?.reshape((b, t, ()))?;
+        Ok(match &self.low_rank {
+            Some(l) => l.forward(&e)?,
+            None => e,
+        })
     }
 }
 
@@ -151,10 +164,17 @@ impl Temporal {
     /// `vb` points at the checkpoint root. The FFN width is read from the weights' shape.
     pub fn new(cfg: &LmConfig, vb: &Weights) -> Result<Self> {
         let d = cfg.dim;
-        let probe = "transformer.layers.0.gating.linear_out.weight";
+        let unsupported = |what: &str| EngineError::InvalidInput(format!("{what} is not supported"));
+        let ffn = FfnKind::from_name(&cfg.gating).ok_or_else(|| unsupported("gating"))?;
+        let norm = NormKind::from_name(&cfg.norm).ok_or_else(|| unsupported("norm"))?;
+        let pos = PosEmb::from_name(&cfg.positional_embedding).ok_or_else(|| unsupported("positional_embedding"))?;
+        let (probe, axis) = match ffn {
+            FfnKind::Gelu => ("transformer.layers.0.linear1.weight", 0),
+            _ => ("transformer.layers.0.gating.linear_out.weight", 1),
+        };
         let hidden = match vb.dims_of(probe)? {
-            Some(d) if d.len() == 2 => d[1],
-            _ => cfg.gated_hidden(),
+            Some(d) if d.len() == 2 => d[axis],
+            _ => cfg.ffn_hidden(),
         };
         let tcfg = TransformerConfig {
             d_model: d,
@@ -163,10 +183,12 @@ impl Temporal {
             dim_feedforward: hidden,
             context: cfg.context,
             max_period: cfg.max_period,
-            norm: NormKind::RmsNormF32,
-            ffn: FfnKind::GatedSilu,
+            norm,
+            ffn,
             layer_scale: false,
-            rope: cfg.positional_embedding == "rope",
+            rope: pos.rope(),
+            sin_scale: pos.sin().then_some(cfg.positional_scale),
+            schedule: None,
         };
         Ok(Self {
             embeddings: {
@@ -177,14 +199,14 @@ impl Temporal {
                 StreamEmbeddings::new(&tables)?
             },
             transformer: Transformer::new(&tcfg, vb.pp("transformer"))?,
-            out_norm: Norm::new(NormKind::RmsNormF32, d, &vb.pp("out_norm"))?,
+            out_norm: Norm::new(norm, d, &vb.pp("out_norm"))?,
             text_linear: linear_no_bias(d, cfg.text_card, &vb.pp("text_linear"))?,
         })
     }
 
     /// The summed embeddings of `tokens` [B, 1 + n_q, T] (text, then audio streams; −1
     /// contributes nothing).
-    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         self.embeddings.forward(tokens)
     }
 
@@ -197,6 +219,20 @@ impl Temporal {
     /// Whole-sequence forward of already-delayed streams `tokens` [B, 1 + n_q, T].
     pub fn forward(&self, tokens: &Tensor) -> Result<TemporalOut> {
         self.head(self.transformer.forward(&self.embed(tokens)?)?)
+    }
+
+    /// As `forward`, `tap(layer, op, output)` after every op group of every layer (`verify trace`).
+    pub fn forward_tapped(
+        &self,
+        tokens: &Tensor,
+        tap: &mut dyn FnMut(usize, &'static str, Tensor) -> Result<Tensor>,
+    ) -> Result<TemporalOut> {
+        self.head(self.transformer.forward_tapped(&self.embed(tokens)?, tap)?)
+    }
+
+    /// The temporal transformer (to re-run one layer op by op: `verify trace`).
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
     }
 
     /// As `forward`, with `map(layer, output)` applied after every temporal layer (see

@@ -79,10 +79,6 @@ fn one() -> usize {
     1
 }
 
-fn eight() -> usize {
-    8
-}
-
 /// `_mimi_config`, plus the number of codebooks in use (not a Kyutai field: Moshi uses 8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MimiConfig {
@@ -93,8 +89,11 @@ pub struct MimiConfig {
     pub seanet: SeanetConfig,
     pub transformer: MimiTransformerConfig,
     pub quantizer: QuantizerConfig,
-    #[serde(default = "eight")]
-    pub num_codebooks: usize,
+    /// Codebooks in use. Not a Kyutai field: absent, the reference derives it from the LM
+    /// (`max(dep_q, n_q − dep_q)`, `MoshiFiles` does the same through
+    /// [`MimiConfig::with_lm_codebooks`]) and uses 8 without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_codebooks: Option<usize>,
 }
 
 impl Default for MimiConfig {
@@ -146,7 +145,7 @@ impl Default for MimiConfig {
                 output_dimension: 512,
                 n_q_semantic: 1,
             },
-            num_codebooks: 8,
+            num_codebooks: None,
         }
     }
 }
@@ -160,6 +159,21 @@ impl MimiConfig {
             .map_err(|e| EngineError::Config { path: path.display().to_string(), msg: e.to_string() })?;
         cfg.validate().map_err(|msg| EngineError::Config { path: path.display().to_string(), msg })?;
         Ok(cfg)
+    }
+
+    /// The codebooks in use: the config's, else 8 (`get_mimi`'s default).
+    pub fn codebooks(&self) -> usize {
+        self.num_codebooks.unwrap_or(8)
+    }
+
+    /// The config for the Mimi of an LM that needs `lm_codebooks` (`LmConfig::mimi_codebooks`):
+    /// a config that names its own count keeps it, as the reference's explicit argument would.
+    pub fn with_lm_codebooks(mut self, lm_codebooks: usize) -> std::result::Result<Self, String> {
+        if self.num_codebooks.is_none() {
+            self.num_codebooks = Some(lm_codebooks);
+            self.validate()?;
+        }
+        Ok(self)
     }
 
     /// Samples per frame (1920 for 24 kHz at 12.5 Hz).
@@ -197,8 +211,8 @@ impl MimiConfig {
             (t.d_model.is_multiple_of(t.num_heads), format!("d_model {} not divisible by num_heads {}", t.d_model, t.num_heads)),
             (t.output_dimensions.len() == 1, "transformer.output_dimensions must have one entry".into()),
             (
-                self.num_codebooks >= 1 && self.num_codebooks <= q.n_q && q.n_q_semantic >= 1 && q.n_q_semantic < q.n_q,
-                format!("num_codebooks {} must be in 1..={} (n_q_semantic {})", self.num_codebooks, q.n_q, q.n_q_semantic),
+                self.codebooks() >= 1 && self.codebooks() <= q.n_q && q.n_q_semantic >= 1 && q.n_q_semantic < q.n_q,
+                format!("num_codebooks {} must be in 1..={} (n_q_semantic {})", self.codebooks(), q.n_q, q.n_q_semantic),
             ),
             (
                 self.frame_size().is_multiple_of(self.hop()) && (self.sample_rate as f64 / self.frame_rate).fract() == 0.0,
@@ -225,6 +239,8 @@ impl MimiConfig {
             ffn: FfnKind::Gelu,
             layer_scale: t.layer_scale.is_some(),
             rope: t.positional_embedding == "rope",
+            sin_scale: None,
+            schedule: None,
         }
     }
 }

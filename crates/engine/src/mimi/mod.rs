@@ -133,7 +133,7 @@ impl Mimi {
             encoder: SeanetEncoder::new(&cfg.seanet, vb.pp("encoder"))?,
             encoder_transformer: ProjectedTransformer::new(&tcfg, tin, tout, vb.pp("encoder_transformer"))?,
             downsample: StreamingConv1d::new(resample, vb.pp("downsample").pp("conv"))?,
-            quantizer: SplitRvq::new(&cfg.quantizer, cfg.num_codebooks, vb.pp("quantizer"))?,
+            quantizer: SplitRvq::new(&cfg.quantizer, cfg.codebooks(), vb.pp("quantizer"))?,
             upsample: StreamingConvTr1d::new(resample, dim, vb.pp("upsample").pp("convtr"))?,
             decoder_transformer: ProjectedTransformer::new(&tcfg, tin, tout, vb.pp("decoder_transformer"))?,
             decoder: SeanetDecoder::new(&cfg.seanet, vb.pp("decoder"))?,

@@ -57,6 +57,13 @@ impl Attention {
         self.in_proj.items().iter().chain(self.out_proj.items()).map(Linear::bytes).sum()
     }
 
+    /// Per-step weights shared as `schedule` says (see `PerStep::scheduled`).
+    pub fn scheduled(mut self, schedule: Option<&[usize]>) -> Result<Self> {
+        self.in_proj = self.in_proj.scheduled(schedule)?;
+        self.out_proj = self.out_proj.scheduled(schedule)?;
+        Ok(self)
+    }
+
     /// `x` [B, T, d] at positions `ctx.offset ..`. `ctx.capacity` None: a whole sequence,
     /// every key kept, `cache` untouched. Some(c): a streaming step through the ring cache.
     ///

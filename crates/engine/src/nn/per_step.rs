@@ -19,16 +19,30 @@ use crate::weights::Weights;
 pub struct PerStep<M> {
     items: Vec<M>,
     per_step: bool,
+    /// Position p uses item `schedule[p]` (Kyutai's `weights_per_step_schedule`); empty: item p.
+    schedule: Vec<usize>,
 }
 
 impl<M> PerStep<M> {
     pub fn shared(m: M) -> Self {
-        Self { items: vec![m], per_step: false }
+        Self { items: vec![m], per_step: false, schedule: Vec::new() }
     }
 
     #[allow(clippy::self_named_constructors)] // the other form is `shared`
     pub fn per_step(items: Vec<M>) -> Self {
-        Self { items, per_step: true }
+        Self { items, per_step: true, schedule: Vec::new() }
+    }
+
+    /// Per-step items shared by positions as `schedule` says (position p uses item
+    /// `schedule[p]`); shared items and `None` are left as they are.
+    pub fn scheduled(mut self, schedule: Option<&[usize]>) -> Result<Self> {
+        if let (true, Some(s)) = (self.per_step, schedule) {
+            if let Some(bad) = s.iter().find(|&&i| i >= self.items.len()) {
+                return Err(EngineError::InvalidInput(format!("weight schedule names set {bad} of {}", self.items.len())));
+            }
+            self.schedule = s.to_vec();
+        }
+        Ok(self)
     }
 
     /// Every weight set (one when shared).
@@ -41,6 +55,13 @@ impl<M> PerStep<M> {
         if !self.per_step {
             return Ok(&self.items[0]);
         }
+        let pos = if self.schedule.is_empty() {
+            pos
+        } else {
+            *self.schedule.get(pos).ok_or_else(|| {
+                EngineError::Streaming(format!("position {pos} has no weights: the schedule has {} steps", self.schedule.len()))
+            })?
+        };
         self.items.get(pos).ok_or_else(|| {
             EngineError::Streaming(format!(
                 "position {pos} has no weights: this transformer has one weight set per step for {} steps \

@@ -24,7 +24,58 @@ pub enum FfnKind {
     Gelu,
     /// `linear_out(silu(a) * b)` with `[a, b] = linear_in(x)` (Kyutai's `gating: "silu"`).
     GatedSilu,
+    /// `linear_out(gelu(a) * b)`, exact GELU (Kyutai's `gating: "gelu"`).
+    GatedGelu,
 }
+
+impl FfnKind {
+    /// The kind of a Kyutai `gating` name we implement.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => Self::Gelu,
+            "silu" => Self::GatedSilu,
+            "gelu" => Self::GatedGelu,
+            _ => return None,
+        })
+    }
+}
+
+/// Kyutai's `positional_embedding` kinds we implement (`rope_concat`, non-interleaved RoPE, is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PosEmb {
+    None,
+    Rope,
+    /// Sinusoidal embedding added to the input (`create_sin_embedding`).
+    Sin,
+    /// Both.
+    SinRope,
+}
+
+impl PosEmb {
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => Self::None,
+            "rope" => Self::Rope,
+            "sin" => Self::Sin,
+            "sin_rope" => Self::SinRope,
+            _ => return None,
+        })
+    }
+
+    pub fn rope(self) -> bool {
+        matches!(self, Self::Rope | Self::SinRope)
+    }
+
+    pub fn sin(self) -> bool {
+        matches!(self, Self::Sin | Self::SinRope)
+    }
+}
+
+/// The op groups of one layer, in order: what `Layer` reports to a tap and `verify trace` names.
+pub const LAYER_OPS: [&str; 6] = ["norm1", "self_attn", "residual_1", "norm2", "ffn", "residual_2"];
+
+/// A tap on a layer's op groups: `(op, output) → output` (identity to observe, or a change).
+pub type OpTap<'a> = dyn FnMut(&'static str, Tensor) -> Result<Tensor> + 'a;
 
 /// Resolved transformer hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,12 +91,17 @@ pub struct TransformerConfig {
     pub ffn: FfnKind,
     pub layer_scale: bool,
     pub rope: bool,
+    /// Add a sinusoidal positional embedding to the input, times this scale.
+    pub sin_scale: Option<f64>,
+    /// Per-step weights: position p uses weight set `schedule[p]` (None: set p).
+    pub schedule: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone)]
 enum Ffn {
     Gelu { linear1: Linear, linear2: Linear },
     GatedSilu { linear_in: Linear, linear_out: Linear, hidden: usize },
+    GatedGelu { linear_in: Linear, linear_out: Linear, hidden: usize },
 }
 
 impl Ffn {
@@ -63,6 +119,11 @@ impl Ffn {
                 linear_out: linear_no_bias(f, d, &vb.pp("linear_out"))?,
                 hidden: f,
             },
+            FfnKind::GatedGelu => Ffn::GatedGelu {
+                linear_in: linear_no_bias(d, 2 * f, &vb.pp("linear_in"))?,
+                linear_out: linear_no_bias(f, d, &vb.pp("linear_out"))?,
+                hidden: f,
+            },
         })
     }
 
@@ -74,11 +135,11 @@ impl Ffn {
             (FfnKind::Gelu, _) => {
                 Err(EngineError::InvalidInput("per-step weights are only supported with gated FFNs".into()))
             }
-            (FfnKind::GatedSilu, StepLayout::Shared(vb)) => Ok(PerStep::shared(Self::new(cfg, &vb.pp("gating"))?)),
-            (FfnKind::GatedSilu, StepLayout::Stacked(vb, steps)) => Ok(PerStep::per_step(
+            (_, StepLayout::Shared(vb)) => Ok(PerStep::shared(Self::new(cfg, &vb.pp("gating"))?)),
+            (_, StepLayout::Stacked(vb, steps)) => Ok(PerStep::per_step(
                 (0..*steps).map(|s| Self::new(cfg, &vb.pp("gating").pp(s))).collect::<Result<_>>()?,
             )),
-            (FfnKind::GatedSilu, StepLayout::Sliced(vbs)) => {
+            (_, StepLayout::Sliced(vbs)) => {
                 Ok(PerStep::per_step(vbs.iter().map(|vb| Self::new(cfg, &vb.pp("gating"))).collect::<Result<_>>()?))
             }
         }
@@ -87,7 +148,9 @@ impl Ffn {
     fn weight_bytes(&self) -> usize {
         match self {
             Ffn::Gelu { linear1, linear2 } => linear1.bytes() + linear2.bytes(),
-            Ffn::GatedSilu { linear_in, linear_out, .. } => linear_in.bytes() + linear_out.bytes(),
+            Ffn::GatedSilu { linear_in, linear_out, .. } | Ffn::GatedGelu { linear_in, linear_out, .. } => {
+                linear_in.bytes() + linear_out.bytes()
+            }
         }
     }
 
@@ -96,6 +159,12 @@ impl Ffn {
             Ffn::Gelu { linear1, linear2 } => linear2.forward(&crate::exec::gelu_erf(&linear1.forward(x)?)?)?,
             Ffn::GatedSilu { linear_in, linear_out, hidden } => {
                 linear_out.forward(&crate::exec::silu_gate(&linear_in.forward(x)?, *hidden)?)?
+            }
+            Ffn::GatedGelu { linear_in, linear_out, hidden } => {
+                let ab = linear_in.forward(x)?;
+                let n = ab.rank() - 1;
+                let a = crate::exec::gelu_erf(&ab.narrow(n, 0, *hidden)?)?;
+                linear_out.forward(&(a * ab.narrow(n, *hidden, *hidden)?)?)?
             }
         })
     }
@@ -129,12 +198,13 @@ impl Layer {
             }
         };
         let norm = |name: &str| layout.shared_in_stacked(|vb| Norm::new(cfg.norm, d, &vb.pp(name)));
+        let sched = cfg.schedule.as_deref();
         Ok(Self {
-            norm1: norm("norm1")?,
-            attn: Attention::new(d, cfg.num_heads, cfg.rope, &layout.pp("self_attn"))?,
+            norm1: norm("norm1")?.scheduled(sched)?,
+            attn: Attention::new(d, cfg.num_heads, cfg.rope, &layout.pp("self_attn"))?.scheduled(sched)?,
             layer_scale_1: scale("layer_scale_1")?,
-            norm2: norm("norm2")?,
-            ffn: Ffn::load(cfg, layout)?,
+            norm2: norm("norm2")?.scheduled(sched)?,
+            ffn: Ffn::load(cfg, layout)?.scheduled(sched)?,
             layer_scale_2: scale("layer_scale_2")?,
         })
     }
@@ -149,13 +219,18 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_tapped(x, ctx, cache, &mut |_, t| Ok(t))
+    }
+
+    /// As `forward`, every op group's output through `tap` (see [`LAYER_OPS`]).
+    fn forward_tapped(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache, tap: &mut OpTap) -> Result<Tensor> {
         let offset = ctx.offset;
-        let n1 = self.norm1.apply(x, offset, |n, x| Ok(n.forward(x)?))?;
-        let a = self.attn.forward(&n1, ctx, cache)?;
-        let x = (x + scaled(a, &self.layer_scale_1)?)?;
-        let n2 = self.norm2.apply(&x, offset, |n, x| Ok(n.forward(x)?))?;
-        let f = self.ffn.apply(&n2, offset, |f, x| f.forward(x))?;
-        Ok((x + scaled(f, &self.layer_scale_2)?)?)
+        let n1 = tap("norm1", self.norm1.apply(x, offset, |n, x| Ok(n.forward(x)?))?)?;
+        let a = tap("self_attn", self.attn.forward(&n1, ctx, cache)?)?;
+        let x = tap("residual_1", (x + scaled(a, &self.layer_scale_1)?)?)?;
+        let n2 = tap("norm2", self.norm2.apply(&x, offset, |n, x| Ok(n.forward(x)?))?)?;
+        let f = tap("ffn", self.ffn.apply(&n2, offset, |f, x| f.forward(x))?)?;
+        tap("residual_2", (x + scaled(f, &self.layer_scale_2)?)?)
     }
 }
 
@@ -290,6 +365,47 @@ impl Transformer {
         self.layers.iter().map(Layer::weight_bytes).sum()
     }
 
+    /// The input plus the sinusoidal embedding of its positions (each row's from its start),
+    /// when the config has one: `cat[cos(p / P^(i/(h−1))), sin(…)]`, h = d/2, in f32.
+    fn with_sin(&self, x: &Tensor, offset: usize, starts: &[usize]) -> Result<Tensor> {
+        let Some(scale) = self.cfg.sin_scale else { return Ok(x.clone()) };
+        let (b, t, c) = x.dims3()?;
+        let half = c / 2;
+        let period = self.cfg.max_period as f32;
+        let denom: Vec<f32> = (0..half).map(|i| period.powf(i as f32 / (half as f32 - 1.0))).collect();
+        let rows = if starts.len() == b { b } else { 1 };
+        let mut v = Vec::with_capacity(rows * t * c);
+        for r in 0..rows {
+            let start = if rows == b && !starts.is_empty() { starts[r] } else { 0 };
+            for p in 0..t {
+                let pos = (offset + p).saturating_sub(start) as f32;
+                v.extend(denom.iter().map(|d| (pos / d).cos()));
+                v.extend(denom.iter().map(|d| (pos / d).sin()));
+            }
+        }
+        let emb = (Tensor::from_vec(v, (rows, t, c), &candle_core::Device::Cpu)?.to_device(x.device())? * scale)?;
+        Ok(x.broadcast_add(&emb.to_dtype(x.dtype())?)?)
+    }
+
+    /// Whole-sequence forward of layer `layer` alone, every op group through `tap` (for
+    /// `verify trace`: one layer re-run op by op from a given input).
+    pub fn forward_layer_tapped(&self, layer: usize, x: &Tensor, tap: &mut OpTap) -> Result<Tensor> {
+        let ctx = self.ctx(x, 0, None, &[])?;
+        let l = self.layers.get(layer).ok_or_else(|| EngineError::InvalidInput(format!("layer {layer} of {}", self.layers.len())))?;
+        l.forward_tapped(x, &ctx, &mut KvCache::default(), tap)
+    }
+
+    /// Whole-sequence forward, `tap(layer, op, output)` after every op group of every layer
+    /// (the sinusoidal embedding, if any, added first).
+    pub fn forward_tapped(&self, x: &Tensor, tap: &mut dyn FnMut(usize, &'static str, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let ctx = self.ctx(x, 0, None, &[])?;
+        let mut x = self.with_sin(x, 0, &[])?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_tapped(&x, &ctx, &mut KvCache::default(), &mut |op, t| tap(i, op, t))?;
+        }
+        Ok(x)
+    }
+
     /// Whole-sequence forward (every key kept; the context mask still applies).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, &mut TransformerState::default(), None, &mut |_, _| Ok(()))
@@ -299,7 +415,7 @@ impl Transformer {
     /// output it returns replaces the layer's (for fault injection in `verify model`).
     pub fn forward_map(&self, x: &Tensor, map: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let ctx = self.ctx(x, 0, None, &[])?;
-        let mut x = x.clone();
+        let mut x = self.with_sin(x, 0, &[])?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = map(i, layer.forward(&x, &ctx, &mut KvCache::default())?)?;
         }
@@ -334,7 +450,7 @@ impl Transformer {
         }
         let t = x.dim(1)?;
         let ctx = self.ctx(x, state.offset, capacity, &state.starts)?;
-        let mut x = x.clone();
+        let mut x = self.with_sin(x, state.offset, &state.starts)?;
         for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {
             x = layer.forward(&x, &ctx, cache)?;
             inspect(i, &x)?;

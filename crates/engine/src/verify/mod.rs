@@ -10,6 +10,7 @@ pub mod golden;
 mod golden_personaplex;
 pub mod model;
 pub mod ops;
+pub mod trace;
 
 use candle_core::{DType, Tensor};
 
