@@ -1,8 +1,8 @@
 //! The accept loop (in place of `axum::serve`, which has no timeouts): every connection, plain or
 //! TLS, is served by hyper's HTTP/1 server with
-//! - a cap on open connections (`--max-connections`): one more is answered `503` and closed at
-//!   once (plain HTTP) or closed (TLS), so that idle sockets cannot use up the file descriptors
-//!   that `/health` and conversations need;
+//! - a cap on open connections (`--max-connections`): one more is answered `503` and closed
+//!   within half a second (plain HTTP) or closed at once (TLS), so that idle sockets cannot use
+//!   up the file descriptors that `/health` and conversations need;
 //! - a TLS handshake timeout and a request-header timeout (`--header-timeout`): hyper's timer
 //!   runs whenever a connection waits for a request head, so it bounds a silent TCP connection, a
 //!   slowloris request and an idle keep-alive connection alike;
@@ -74,8 +74,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 52\r\nConnection: close\r\n\r\ntoo many open connections (--max-connections); retry";
 
+/// Refused connections answered at once (beyond these, a refused connection is just closed).
+const REFUSALS: usize = 32;
+/// How long a refused connection is given to send its request before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// The `503` of a connection over the cap, closed gracefully: the answer, our half closed, then
+/// the client's request read and dropped (briefly). Closing a socket whose request has not been
+/// read makes the kernel send a reset, which can reach the client before it has read the answer.
+async fn refuse(mut stream: tokio::net::TcpStream, _slot: OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(TOO_MANY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 /// Accept until `stop` turns true; each connection in its own task.
 pub async fn serve(listener: TcpListener, app: Router, opts: ListenOptions, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -93,7 +114,9 @@ pub async fn serve(listener: TcpListener, app: Router, opts: ListenOptions, metr
             metrics.error("connections");
             tracing::debug!(%peer, "refused a connection: at --max-connections");
             if opts.tls.is_none() {
-                let _ = stream.try_write(TOO_MANY);
+                if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                    tokio::spawn(refuse(stream, slot));
+                }
             }
             continue;
         };
