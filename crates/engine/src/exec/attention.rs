@@ -62,11 +62,20 @@ pub(super) fn generic(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx, cac
     Ok(y.transpose(1, 2)?.reshape((b, t, d))?)
 }
 
-/// One query per row on the GPU (bf16, T = 1, a streaming call with `ctx.starts_dev`): our
-/// kernels split and rotate q, k, v and write the ring slot (one launch), then attend over the
-/// ring in place (two). qkv [B, 1, 3·H·Dh] → [B, 1, H·Dh].
+/// One query per row on the GPU (bf16, T = 1, a streaming call with `ctx.fused`): our kernels
+/// split and rotate q, k, v and write the ring slot (one launch), then attend over the ring in
+/// place (two). Positions are read on the device (`fused.pos`), so the launches are the same at
+/// every step (a CUDA graph replays them). qkv [B, 1, 3·H·Dh] → [B, 1, H·Dh].
 #[cfg(feature = "cuda")]
-pub(super) fn cuda_decode(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx, cache: &mut KvCache, cap: usize, starts: &Tensor) -> Result<Tensor> {
+pub(super) fn cuda_decode(
+    qkv: &Tensor,
+    heads: usize,
+    rope: bool,
+    ctx: &StepCtx,
+    cache: &mut KvCache,
+    cap: usize,
+    fused: &super::step_ctx::FusedInputs,
+) -> Result<Tensor> {
     let (b, _t, three_d) = qkv.dims3()?;
     let d = three_d / 3;
     let dh = d / heads;
@@ -74,10 +83,9 @@ pub(super) fn cuda_decode(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx,
     cache.prepare(b, heads, dh, offset, cap, DType::BF16, qkv.device())?;
     let tables = rope_tables(rope, ctx)?;
     let view = cache.ring_view().ok_or_else(|| EngineError::Streaming("KV ring missing".into()))?;
-    let q = super::cuda::qkv_rope_write(qkv, heads, tables, &view, offset % cap)?;
+    let q = super::cuda::qkv_rope_write(qkv, heads, tables, &view, &fused.pos)?;
+    let y = super::cuda::decode_attention(&q, &view, &fused.starts, &fused.pos, (1.0 / (dh as f64).sqrt()) as f32)?;
     cache.written = offset + 1;
-    let view = cache.ring_view().ok_or_else(|| EngineError::Streaming("KV ring missing".into()))?;
-    let y = super::cuda::decode_attention(&q, &view, starts, (1.0 / (dh as f64).sqrt()) as f32)?;
     // [B, H, 1, Dh] has the memory order of [B, 1, H·Dh].
     Ok(y.reshape((b, 1, d))?)
 }

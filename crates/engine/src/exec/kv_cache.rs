@@ -75,6 +75,11 @@ impl KvCache {
         self.kind
     }
 
+    /// Positions written so far (the next position to write).
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
     /// Number of cached steps.
     pub fn len(&self) -> usize {
         match &self.ring {
@@ -243,10 +248,20 @@ impl KvCache {
     /// The ring as our CUDA kernels read it (None before the first write).
     #[cfg(feature = "cuda")]
     pub(super) fn ring_view(&self) -> Option<super::cuda::RingView<'_>> {
-        let (filled, last) = (self.len(), self.written as i64 - 1);
         Some(match self.ring.as_ref()? {
-            Ring::Full { k, v } => super::cuda::RingView { k, v, scales: None, filled, last },
-            Ring::Int8 { k, v, ks, vs } => super::cuda::RingView { k, v, scales: Some((ks, vs)), filled, last },
+            Ring::Full { k, v } => super::cuda::RingView { k, v, scales: None },
+            Ring::Int8 { k, v, ks, vs } => super::cuda::RingView { k, v, scales: Some((ks, vs)) },
         })
+    }
+
+    /// The ring's tensors (keys, values, and scales for an 8-bit ring): what a CUDA graph that
+    /// reads and writes this cache holds the addresses of (`lm::temporal_graph` checks that they
+    /// are still the same storage before replaying). Empty before the first write.
+    pub fn ring_tensors(&self) -> Vec<&Tensor> {
+        match &self.ring {
+            Some(Ring::Full { k, v }) => vec![k, v],
+            Some(Ring::Int8 { k, v, ks, vs }) => vec![k, v, ks, vs],
+            None => Vec::new(),
+        }
     }
 }

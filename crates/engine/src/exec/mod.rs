@@ -50,7 +50,7 @@ pub use kv_cache::{dequantize_i8, quantize_i8, KvCache, KvCacheKind};
 pub use options::RunOptions;
 pub use quant::{is_q8_shape, linear_q8, quantize_q8, QWeight};
 pub use sampler::{device_sampling, FrameSampler, FrameTokens, SampleCallPlan, Sampler};
-pub use step_ctx::StepCtx;
+pub use step_ctx::{FusedInputs, StepCall, StepCtx};
 
 /// The device families the seam tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,21 +258,24 @@ pub fn attention(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx, cache: &
     let p = Policy::current(qkv.device());
     let qkv = p.input("attention", qkv)?;
     #[cfg(feature = "cuda")]
-    if let (Some(cap), Some(starts)) = (ctx.capacity, &ctx.starts_dev) {
-        let (_, t, three_d) = qkv.dims3()?;
-        if p.backend == Backend::Cuda && t == 1 && qkv.dtype() == DType::BF16 && matches!(three_d / (3 * heads), 64 | 128) {
-            return attention::cuda_decode(&qkv, heads, rope, ctx, cache, cap, starts);
-        }
+    if let (Some(cap), Some(fused)) = (ctx.capacity, &ctx.fused) {
+        return attention::cuda_decode(&qkv, heads, rope, ctx, cache, cap, fused);
     }
     // Candle's CPU bf16 matmul allocates and widens on every call (≈ 20% of a bf16 LM step in
     // `perf`): on the CPU the attention products run in f32 instead.
     attention::generic(&qkv, heads, rope, ctx, cache, p.backend == Backend::Cpu)
 }
 
-/// Whether a call's `StepCtx` should carry the rows' starts on the device: a one-step streaming
-/// call on CUDA, which the fused decode kernel may take.
-pub(crate) fn wants_device_starts(device: &Device, capacity: Option<usize>, t: usize) -> bool {
-    Backend::of(device) == Backend::Cuda && capacity.is_some() && t == 1
+/// Whether a transformer call's attention runs our fused decode kernels (`cuda_decode`): a
+/// one-step streaming call in bf16 on CUDA with heads 64 or 128 wide. Its `StepCtx` then
+/// carries the rows' starts and the position on the device, and no mask.
+pub(crate) fn fused_decode(device: &Device, call: &StepCall) -> bool {
+    cfg!(feature = "cuda")
+        && Backend::of(device) == Backend::Cuda
+        && call.capacity.is_some()
+        && call.steps == 1
+        && call.dtype == DType::BF16
+        && matches!(call.head_dim, 64 | 128)
 }
 
 /// `tokens` as i64 values when they are on the host already (their range can then be checked

@@ -20,6 +20,7 @@ use super::row_prefill::RowPrefill;
 use super::sampling::{sample, Noise, SamplingConfig, SeededNoise};
 use crate::error::{EngineError, Result};
 use super::frame_graph::{DepformerGraph, GraphState};
+use super::temporal_graph::TemporalGraph;
 use crate::exec::{device_sampling, graph, FrameSampler, RunOptions, SampleCallPlan};
 use crate::nn::transformer::TransformerState;
 
@@ -56,6 +57,8 @@ pub struct LmGenState {
     pub(super) rows: Vec<(GenConfig, SeededNoise)>,
     /// The depformer's CUDA graph and its buffers, with `options.cuda_graphs` (`frame_graph`).
     graph: Option<DepformerGraph>,
+    /// The temporal step's CUDA graph, with `options.cuda_graphs` (`temporal_graph`).
+    temporal_graph: Option<TemporalGraph>,
     /// Per row, the prompt it is being fed (`LmModel::start_prompt`), until its last frame.
     pub(super) prompts: Vec<Option<PromptRun>>,
     /// Run every depformer step (PersonaPlex: 16) instead of only those whose tokens are kept.
@@ -251,6 +254,11 @@ impl LmGenState {
     pub fn graph_state(&self) -> GraphState {
         self.graph.as_ref().map_or(GraphState::Off, DepformerGraph::state)
     }
+
+    /// Whether the temporal step replays a CUDA graph (see `lm::temporal_graph`).
+    pub fn temporal_graph_state(&self) -> GraphState {
+        self.temporal_graph.as_ref().map_or(GraphState::Off, TemporalGraph::state)
+    }
 }
 
 /// What one step produced.
@@ -316,7 +324,7 @@ impl LmModel {
         let temporal = TransformerState::new(options.kv_cache);
         let prompts = (0..batch).map(|_| None).collect();
         let pending = (0..batch).map(|_| None).collect();
-        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, prompts, all_depformer_steps: false, pending })
+        Ok(LmGenState { options: *options, temporal, tokens, cfg, noise, rows: Vec::new(), graph: None, temporal_graph: None, prompts, all_depformer_steps: false, pending })
     }
 
     /// `batch` conversation slots stepped together, each row with its own settings and seeded
@@ -345,7 +353,10 @@ impl LmModel {
         let prompt = self.apply_prompts(st)?;
         let input = st.tokens.input(user)?;
         let device = self.temporal_device();
-        let t_out = if prompt.embeddings.iter().any(|e| e.is_some()) {
+        let t_out = if graph::applies(&device, &st.options) {
+            let x = self.input_embedding(&input, &prompt, b)?;
+            self.temporal().step_graphed(&x, &mut st.temporal, &mut st.temporal_graph)?
+        } else if prompt.embeddings.iter().any(|e| e.is_some()) {
             let x = self.input_embedding(&input, &prompt, b)?;
             self.temporal().step_embedded(&x, &mut st.temporal, &mut |_, _| Ok(()))?
         } else {

@@ -1,7 +1,7 @@
 //! The Moshi language model: configuration and checkpoint layouts (`config`, `model`), the
 //! temporal transformer (`temporal`), the depformer (`depformer`), sampling (`sampling`) and the
 //! streaming step with the reference's delays (`generate`; its device-sampled depformer chain,
-//! eager or as a CUDA graph, in `frame_graph`).
+//! eager or as a CUDA graph, in `frame_graph`; the temporal step's graph in `temporal_graph`).
 
 pub mod config;
 pub mod config_file;
@@ -15,6 +15,7 @@ pub mod random;
 pub mod row_prefill;
 pub mod sampling;
 pub mod temporal;
+pub mod temporal_graph;
 mod tensors;
 
 pub use config::{LmConfig, PersonaPlexConfig};

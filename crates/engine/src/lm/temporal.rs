@@ -210,7 +210,7 @@ impl Temporal {
         self.embeddings.forward(tokens)
     }
 
-    fn head(&self, hidden: Tensor) -> Result<TemporalOut> {
+    pub(super) fn head(&self, hidden: Tensor) -> Result<TemporalOut> {
         let out = self.out_norm.forward(&hidden)?;
         let text_logits = self.text_linear.forward(&out)?;
         Ok(TemporalOut { hidden, out, text_logits })

@@ -14,7 +14,7 @@ use super::per_step::{PerStep, StepLayout};
 use super::rope::Rope;
 use super::{linear_no_bias, Linear};
 use crate::error::{EngineError, Result};
-use crate::exec::{KvCache, KvCacheKind, StepCtx};
+use crate::exec::{KvCache, KvCacheKind, StepCall, StepCtx};
 use crate::weights::{get_checked, Weights};
 
 /// The feed-forward block's form.
@@ -316,6 +316,34 @@ impl TransformerState {
         Ok(())
     }
 
+    /// The identities of the layers' ring tensors, as one list (None before every layer's cache
+    /// has its ring). Rings are written in place and only ever replaced by new tensors (new
+    /// ids): a CUDA graph of a step, which holds their addresses, may be replayed while this
+    /// list is unchanged (`lm::temporal_graph`).
+    pub fn ring_fingerprint(&self) -> Option<Vec<candle_core::TensorId>> {
+        let mut v = Vec::new();
+        for c in &self.caches {
+            let ts = c.ring_tensors();
+            if ts.is_empty() {
+                return None;
+            }
+            v.extend(ts.iter().map(|t| t.id()));
+        }
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// Put the state back at position `offset` (≤ its own), every cache too: a step cut short
+    /// (a failed graph capture) may have advanced some layers' caches and not others.
+    pub fn rewind_to(&mut self, offset: usize) {
+        self.offset = self.offset.min(offset);
+        for c in &mut self.caches {
+            c.rewind(c.written().saturating_sub(offset));
+        }
+        for s in &mut self.starts {
+            *s = (*s).min(self.offset);
+        }
+    }
+
     /// Forget the last `steps` steps so that they can be run again (their ring slots are then
     /// overwritten with the same positions). Only steps still held by the caches can be re-run.
     pub fn rewind(&mut self, steps: usize) {
@@ -352,8 +380,19 @@ impl Transformer {
     }
 
     fn ctx(&self, x: &Tensor, offset: usize, capacity: Option<usize>, starts: &[usize]) -> Result<StepCtx> {
-        let (b, t, _) = x.dims3()?;
-        StepCtx::new(b, t, offset, capacity, starts, self.cfg.context, self.rope.as_ref(), x.device())
+        let (batch, steps, _) = x.dims3()?;
+        let call = StepCall {
+            batch,
+            steps,
+            offset,
+            capacity,
+            starts,
+            context: self.cfg.context,
+            rope: self.rope.as_ref(),
+            dtype: x.dtype(),
+            head_dim: self.cfg.d_model / self.cfg.num_heads,
+        };
+        StepCtx::new(&call, x.device())
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -436,6 +475,36 @@ impl Transformer {
         inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         self.run(x, state, Some(self.cfg.context), inspect)
+    }
+
+    /// The context of the next one-step streaming call of `x` [B, 1, d] on `state` (what
+    /// `step` makes itself; `lm::temporal_graph` keeps one for its graph).
+    pub fn step_ctx(&self, x: &Tensor, state: &TransformerState) -> Result<StepCtx> {
+        self.ctx(x, state.offset, Some(self.cfg.context), &state.starts)
+    }
+
+    /// Whether this transformer's streaming step can be recorded as a CUDA graph with `ctx`
+    /// (the step's inputs all on the device: fused decode attention, no sinusoidal embedding
+    /// made on the host).
+    pub fn graphable(&self, ctx: &StepCtx) -> bool {
+        ctx.fused.is_some() && self.cfg.sin_scale.is_none()
+    }
+
+    /// One streaming step of `x` with a context made by `step_ctx` (possibly a captured one
+    /// refilled in place); `state` advances as in `step`.
+    pub fn step_with_ctx(&self, x: &Tensor, state: &mut TransformerState, ctx: &StepCtx) -> Result<Tensor> {
+        if state.caches.len() != self.layers.len() {
+            state.caches = vec![KvCache::new(state.kv_cache); self.layers.len()];
+        }
+        if ctx.offset != state.offset {
+            return Err(EngineError::Streaming(format!("a step context at {} for a state at {}", ctx.offset, state.offset)));
+        }
+        let mut x = self.with_sin(x, state.offset, &state.starts)?;
+        for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
+            x = layer.forward(&x, ctx, cache)?;
+        }
+        state.offset += 1;
+        Ok(x)
     }
 
     fn run(

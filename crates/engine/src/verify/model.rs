@@ -248,33 +248,44 @@ fn sampled_tokens(dut: &Moshi, codes: &Tensor) -> Result<Vec<Check>> {
     let user_k = user_k.min(codes.dim(1)?);
     let codes: Vec<i64> = codes.to_device(&Device::Cpu)?.squeeze(0)?.to_vec2::<i64>()?.concat(); // [K, T]
     let configs = [GenConfig::default(), GenConfig { text: SamplingConfig::greedy(), audio: SamplingConfig::sampled(1.0, 100) }];
-    let run = |opts: RunOptions| -> Result<(Tensor, GraphState)> {
+    let run = |opts: RunOptions| -> Result<(Tensor, [GraphState; 2])> {
         let mut st = lm.new_slots(2, &opts)?;
         for (r, c) in configs.iter().enumerate() {
             st.reset_row(r, *c, 4242 + r as u64)?;
         }
         let mut tokens = Vec::new();
         for p in 0..frames {
+            if p == frames / 2 && frames >= 4 {
+                // Row 1 starts a new conversation mid-way: per-row starts from here on (a new
+                // temporal graph layout, recorded again), row 0 goes on.
+                st.reset_row(1, configs[1], 77)?;
+            }
             // The same user codes in both rows: frame p's first `user_k` codebooks.
             let user: Vec<i64> = (0..2).flat_map(|_| (0..user_k).map(move |q| (q, p))).map(|(q, p)| codes[q * frames + p]).collect();
             let o = lm.step(&mut st, &user)?;
             tokens.extend(o.text.iter().map(|&x| x as i64));
             tokens.extend(o.audio.iter().map(|&x| x as i64));
         }
-        Ok((Tensor::from_vec(tokens.clone(), tokens.len(), &Device::Cpu)?, st.graph_state()))
+        Ok((Tensor::from_vec(tokens.clone(), tokens.len(), &Device::Cpu)?, [st.graph_state(), st.temporal_graph_state()]))
     };
     let (device, _) = run(RunOptions { sampler: Sampler::Device, ..RunOptions::default() })?;
     let (host, _) = run(RunOptions { sampler: Sampler::Host, ..RunOptions::default() })?;
     let mut out = vec![Check::codes("lm sampled", "device vs host sampler, tokens", &device, &host)?];
     let graphs = RunOptions { sampler: Sampler::Device, cuda_graphs: true, ..RunOptions::default() };
     if crate::exec::graph::applies(&lm.temporal().device(), &graphs) {
-        let (graphed, state) = run(graphs)?;
-        let mut c = Check::codes("lm sampled", "CUDA graph vs eager, tokens", &graphed, &device)?;
-        if state != GraphState::Replaying {
-            c.name = format!("{} (the graph did not replay: {state:?})", c.name);
-            c.ok = false;
+        for kind in [KvCacheKind::Model, KvCacheKind::Int8] {
+            let eager = if kind == KvCacheKind::Model { device.clone() } else { run(RunOptions { sampler: Sampler::Device, kv_cache: kind, ..RunOptions::default() })?.0 };
+            let (graphed, [dep, temporal]) = run(RunOptions { kv_cache: kind, ..graphs })?;
+            let what = format!("CUDA graphs (temporal + depformer) vs eager, {} KV cache, tokens", kind_name(kind));
+            let mut c = Check::codes("lm sampled", &what, &graphed, &eager)?;
+            // The bf16 model's temporal step is graphed; in f32 it runs eagerly (no fused kernel).
+            let temporal_ok = temporal == GraphState::Replaying || lm.temporal().dtype() != DType::BF16;
+            if dep != GraphState::Replaying || !temporal_ok {
+                c.name = format!("{} (did not replay: depformer {dep:?}, temporal {temporal:?})", c.name);
+                c.ok = false;
+            }
+            out.push(c);
         }
-        out.push(c);
     }
     Ok(out)
 }

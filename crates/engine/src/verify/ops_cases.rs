@@ -11,7 +11,7 @@ use candle_nn::ops::{silu, softmax_last_dim};
 use super::Env;
 use crate::error::Result;
 use crate::lm::temporal::ZeroableEmbedding;
-use crate::exec::{elu, KvCache, KvCacheKind, StepCtx};
+use crate::exec::{elu, KvCache, KvCacheKind, StepCall, StepCtx};
 use crate::nn::attention::Attention;
 use crate::nn::conv::{ConvSpec, ConvState, ConvTrState, PadMode, StreamingConv1d, StreamingConvTr1d};
 use crate::nn::norm::Norm;
@@ -218,7 +218,8 @@ fn streamed_attention(e: &mut Env, dh: usize, kind: KvCacheKind) -> Result<Tenso
         if p == 5 {
             starts[1] = 5;
         }
-        let ctx = StepCtx::new(b, 1, p, Some(cap), &starts, cap, Some(&rope), e.device)?;
+        let call = StepCall { batch: b, steps: 1, offset: p, capacity: Some(cap), starts: &starts, context: cap, rope: Some(&rope), dtype: x.dtype(), head_dim: dh };
+        let ctx = StepCtx::new(&call, e.device)?;
         ys.push(attn.forward(&x.narrow(1, p, 1)?.contiguous()?, &ctx, &mut cache)?);
     }
     Ok(Tensor::cat(&ys, 1)?)

@@ -75,6 +75,8 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* scratch) {
 //   kc, vc [B, H, cap, D] (bf16, or 8-bit (u8 = q + 128) with per-slot scales ks, vs [B, H, cap]
 //          f32; null for bf16)
 //   starts [B] i64: first position each row may see (its stream's start)
+//   pos    [1] i64: the newest position written (on the device: a CUDA graph replays it); the
+//          ring holds filled = min(cap, pos + 1) slots; chunks past them are empty (m = -inf)
 //   part   [B*H, nsplit, D + 2] f32: the chunk's max score, sum of exponentials, unnormalised output
 // Slot s (< filled) holds position last - ((last - s) mod cap): the ring of RingKVCache.
 // Each cache row is read by G lanes with 16-byte loads (a warp covers 32 / G rows at once), in
@@ -82,8 +84,8 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* scratch) {
 template <typename T, int D>
 __device__ void attn_partial(const __nv_bfloat16* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                              const float* __restrict__ ks, const float* __restrict__ vs,
-                             const int64_t* __restrict__ starts, float* __restrict__ part, int H, int cap,
-                             int filled, long long last, int chunk, float scale) {
+                             const int64_t* __restrict__ starts, const int64_t* __restrict__ pos,
+                             float* __restrict__ part, int H, int cap, int chunk, float scale) {
     constexpr int EPL = Vec16<T>::N;  // elements per lane
     constexpr int G = D / EPL;        // lanes per cache row
     constexpr int RPW = 32 / G;       // rows per warp and pass
@@ -94,8 +96,9 @@ __device__ void attn_partial(const __nv_bfloat16* __restrict__ q, const T* __res
     const int bh = blockIdx.x, split = blockIdx.y, nsplit = gridDim.y;
     const int b = bh / H;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / G, lig = lane % G;
-    const long long start = starts[b];
-    const int s0 = split * chunk, n = min(filled, s0 + chunk) - s0;
+    const long long start = starts[b], last = pos[0];
+    const int filled = (int)min((long long)cap, last + 1);
+    const int s0 = split * chunk, n = min(filled, s0 + chunk) - s0;  // ≤ 0: an empty chunk
     const size_t base = (size_t)bh * cap;
     const int last_slot = (int)(last % cap);
     float qf[EPL];
@@ -196,8 +199,8 @@ __device__ void attn_combine(const float* __restrict__ part, __nv_bfloat16* __re
 #define PARTIAL(NAME, T, D)                                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                                                 \
         const __nv_bfloat16* q, const T* kc, const T* vc, const float* ks, const float* vs, const int64_t* starts, \
-        float* part, int H, int cap, int filled, long long last, int chunk, float scale) {                         \
-        attn_partial<T, D>(q, kc, vc, ks, vs, starts, part, H, cap, filled, last, chunk, scale);                   \
+        const int64_t* pos, float* part, int H, int cap, int chunk, float scale) {                                 \
+        attn_partial<T, D>(q, kc, vc, ks, vs, starts, pos, part, H, cap, chunk, scale);                            \
     }
 
 PARTIAL(attn_partial_bf16_d64, __nv_bfloat16, 64)
@@ -222,7 +225,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 // One streaming step's in_proj output qkv [B, 3·H·D] bf16 ("(p h d)": queries, keys, values)
 // → the rotated queries q [B, H, D] bf16, and the rotated keys and the values written into slot
-// `slot` of the ring (bf16 [B, H, cap, D], or 8-bit with scales as kv_write_i8). RoPE is the
+// pos mod cap of the ring (bf16 [B, H, cap, D], or 8-bit with scales as kv_write_i8); `pos`
+// [1] i64 on the device is the step's position (read there, so that a CUDA graph replays it). RoPE is the
 // interleaved form computed in f32 and rounded to bf16 (as the reference), with tables cos, sin
 // [R, D/2] f32 (R = 1: shared by the rows, R = B: per row); cos null: no rotation.
 // Grid B·H, block D/2 threads (one rotation pair each).
@@ -230,8 +234,9 @@ template <int D, bool I8>
 __device__ void qkv_rope_write(const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ cos_t,
                                const float* __restrict__ sin_t, int rows_t, __nv_bfloat16* __restrict__ q_out,
                                void* __restrict__ kc, void* __restrict__ vc, float* __restrict__ ks,
-                               float* __restrict__ vs, int H, int cap, int slot) {
+                               float* __restrict__ vs, int H, int cap, const int64_t* __restrict__ pos) {
     __shared__ float scratch[32];
+    const int slot = (int)(pos[0] % cap);
     const int bh = blockIdx.x, b = bh / H, h = bh % H, i = threadIdx.x;
     const __nv_bfloat16* base = qkv + (size_t)b * 3 * H * D;
     const __nv_bfloat162 qp = *reinterpret_cast<const __nv_bfloat162*>(base + (size_t)h * D + 2 * i);
@@ -272,8 +277,8 @@ __device__ void qkv_rope_write(const __nv_bfloat16* __restrict__ qkv, const floa
 #define QKV(NAME, D, I8)                                                                                          \
     extern "C" __global__ void NAME(const __nv_bfloat16* qkv, const float* cos_t, const float* sin_t, int rows_t, \
                                     __nv_bfloat16* q_out, void* kc, void* vc, float* ks, float* vs, int H, int cap, \
-                                    int slot) {                                                                   \
-        qkv_rope_write<D, I8>(qkv, cos_t, sin_t, rows_t, q_out, kc, vc, ks, vs, H, cap, slot);                    \
+                                    const int64_t* pos) {                                                         \
+        qkv_rope_write<D, I8>(qkv, cos_t, sin_t, rows_t, q_out, kc, vc, ks, vs, H, cap, pos);                     \
     }
 
 QKV(qkv_rope_bf16_d64, 64, false)

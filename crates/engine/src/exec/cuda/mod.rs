@@ -82,9 +82,6 @@ pub struct RingView<'a> {
     pub k: &'a Tensor,
     pub v: &'a Tensor,
     pub scales: Option<(&'a Tensor, &'a Tensor)>,
-    /// Slots written so far (≤ cap) and the newest position.
-    pub filled: usize,
-    pub last: i64,
 }
 
 impl RingView<'_> {
@@ -99,23 +96,25 @@ impl RingView<'_> {
 }
 
 /// softmax(q·kᵀ · scale) · v for one query per row and head: q [B, H, 1, D] bf16, `starts` [B]
-/// i64 (the first position each row may see). Returns [B, H, 1, D] bf16.
-pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, scale: f32) -> Result<Tensor> {
+/// i64 (the first position each row may see), `pos` [1] i64 (the newest position in the ring).
+/// Returns [B, H, 1, D] bf16. The launch depends only on shapes (a chunk per CHUNK slots of the
+/// whole ring, those past the filled part empty), so a CUDA graph can replay it at any position.
+pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, pos: &Tensor, scale: f32) -> Result<Tensor> {
     let dev = cuda_dev(q)?;
     let (b, h, _, d) = q.dims4()?;
     let cap = ring.k.dim(2)?;
-    let nsplit = ring.filled.div_ceil(CHUNK).max(1);
+    let nsplit = cap.div_ceil(CHUNK).max(1);
     let part = alloc::<f32>(&dev, &[b * h, nsplit, d + 2])?;
     let y = alloc::<half::bf16>(&dev, &[b, h, 1, d])?;
     let suffix = head_dim_suffix(d)?;
     let (kind, kp, vp, ks, vs) = ring.pointers(&dev)?;
     let (qp, sp, pp, yp) = (ptr::<half::bf16>(q, &dev)?, ptr::<i64>(starts, &dev)?, ptr::<f32>(&part, &dev)?, ptr::<half::bf16>(&y, &dev)?);
-    let (hh, capi, filled, chunk, ns) = (h as i32, cap as i32, ring.filled as i32, CHUNK as i32, nsplit as i32);
-    let last = ring.last;
+    let posp = ptr::<i64>(pos, &dev)?;
+    let (hh, capi, chunk, ns) = (h as i32, cap as i32, CHUNK as i32, nsplit as i32);
     let f = dev.get_or_load_custom_func(&format!("attn_partial_{kind}_{suffix}"), MODULE, PTX)?;
     let mut l = f.builder();
-    l.arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&sp).arg(&pp);
-    l.arg(&hh).arg(&capi).arg(&filled).arg(&last).arg(&chunk).arg(&scale);
+    l.arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&sp).arg(&posp).arg(&pp);
+    l.arg(&hh).arg(&capi).arg(&chunk).arg(&scale);
     // SAFETY: the argument list matches the kernel's signature; every pointer is a live buffer of
     // the size the kernel indexes (checked shapes above).
     unsafe { l.launch(launch_cfg(((b * h) as u32, nsplit as u32), 32 * WARPS)) }.map_err(candle_core::Error::wrap)?;
@@ -128,10 +127,11 @@ pub fn decode_attention(q: &Tensor, ring: &RingView, starts: &Tensor, scale: f32
 }
 
 /// One streaming step's fused QKV projection output qkv [B, 1, 3·H·D] bf16 → the rotated queries
-/// [B, H, 1, D] bf16, with the rotated keys and the values written into slot `slot` of the ring
-/// (one launch for what Candle does in eleven: split copies, RoPE with its dtype conversions,
-/// the two cache writes). `rope`: cos, sin [1 or B, 1, D/2] f32 (None: no rotation).
-pub fn qkv_rope_write(qkv: &Tensor, heads: usize, rope: Option<&(Tensor, Tensor)>, ring: &RingView, slot: usize) -> Result<Tensor> {
+/// [B, H, 1, D] bf16, with the rotated keys and the values written into slot `pos` mod capacity
+/// of the ring, `pos` [1] i64 on the device (one launch for what Candle does in eleven: split
+/// copies, RoPE with its dtype conversions, the two cache writes). `rope`: cos, sin [1 or B, 1,
+/// D/2] f32 (None: no rotation).
+pub fn qkv_rope_write(qkv: &Tensor, heads: usize, rope: Option<&(Tensor, Tensor)>, ring: &RingView, pos: &Tensor) -> Result<Tensor> {
     let dev = cuda_dev(qkv)?;
     let (b, t, three_d) = qkv.dims3()?;
     let d = three_d / (3 * heads);
@@ -149,10 +149,10 @@ pub fn qkv_rope_write(qkv: &Tensor, heads: usize, rope: Option<&(Tensor, Tensor)
     // Bound, not a temporary: the buffer must outlive the launch below.
     let qkv = qkv.contiguous()?;
     let (xp, qp) = (ptr::<half::bf16>(&qkv, &dev)?, ptr::<half::bf16>(&q, &dev)?);
-    let (hh, capi, sloti) = (heads as i32, cap as i32, slot as i32);
+    let (hh, capi, posp) = (heads as i32, cap as i32, ptr::<i64>(pos, &dev)?);
     let f = dev.get_or_load_custom_func(&format!("qkv_rope_{kind}_{suffix}"), MODULE, PTX)?;
     let mut l = f.builder();
-    l.arg(&xp).arg(&cos).arg(&sin).arg(&rows).arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&hh).arg(&capi).arg(&sloti);
+    l.arg(&xp).arg(&cos).arg(&sin).arg(&rows).arg(&qp).arg(&kp).arg(&vp).arg(&ks).arg(&vs).arg(&hh).arg(&capi).arg(&posp);
     // SAFETY: as in `decode_attention`.
     unsafe { l.launch(launch_cfg(((b * heads) as u32, 1), (d / 2) as u32)) }.map_err(candle_core::Error::wrap)?;
     Ok(q)
