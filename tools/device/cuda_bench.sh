@@ -15,6 +15,12 @@
 #   scale    LM step breakdown (per temporal layer, synchronised) at B=96 and 128, full context, 8-bit KV
 #   startup  write a random full-size 7B to the local disk once, then time `run` from there
 #            (launch → first frame), page cache dropped first where allowed, then warm
+#   q8       8-bit weights (--weights q8): LM bench and the whole pipeline at batch 1 (bf16 and
+#            8-bit KV), and the full-context conversations sweep with the 8-bit KV cache
+#   hand     PersonaPlex (random full size): connect → handshake through `serve` (loadtest) with a
+#            preset-style .pt voice made here by torch and a 40-token persona; 1 client, then 4
+#            joining a running batch one second apart
+# Every run's peak GPU memory (nvidia-smi, sampled every 200 ms) is printed and kept in $name.mem.
 set -uo pipefail
 B=${B:-.device/moshi-rs}
 OUT=${OUT:-/tmp/out}
@@ -32,8 +38,12 @@ date -u +%FT%TZ > "$OUT/date.txt"
 run() { # name, args...
   local name=$1; shift
   local t0=$(date +%s)
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/$name.mem" 2>/dev/null &
+  local mem=$!
   timeout "${LIMIT:-300}" "$B" "$@" > "$OUT/$name.txt" 2>&1
-  echo "== $name: rc=$? ($(( $(date +%s) - t0 )) s)"
+  local rc=$?
+  kill $mem 2>/dev/null; wait $mem 2>/dev/null
+  echo "== $name: rc=$rc ($(( $(date +%s) - t0 )) s), peak GPU memory $(sort -n "$OUT/$name.mem" | tail -1) MiB"
   grep -hE "FAIL|checks passed|checks failed|Error|error" "$OUT/$name.txt" | head -8
 }
 for part in $PARTS; do case $part in
@@ -94,6 +104,31 @@ startup)
     echo "== startup $pass: rc=$? wall $(python3 -c "import sys,time; print(round(time.time() - float(sys.argv[1]), 2))" "$t0") s"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['startup_s']))" "$OUT/startup_$pass.json"
   done ;;
+q8)
+  run lm_bench_b1_q8 lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10 --weights q8
+  grep "^{" "$OUT/lm_bench_b1_q8.txt" | tail -c 700; echo
+  run bench_b1_q8 bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --weights q8 --json
+  grep "^{" "$OUT/bench_b1_q8.txt"
+  run bench_b1_q8_int8 bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --weights q8 --kv-cache int8 --json
+  grep "^{" "$OUT/bench_b1_q8_int8.txt"
+  run sweep_q8_int8 bench --model random --device cuda --dtype bf16 --weights q8 --slots --context-fill 3000 --kv-cache int8 \
+    --batch "${SWEEP_Q8:-1,64,128,160,192}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
+  grep "^{" "$OUT/sweep_q8_int8.txt" ;;
+hand)
+  VD=/tmp/voices; mkdir -p "$VD"
+  # A preset's layout ([T, 1, 1, 4096] summed input embeddings, [1, 17, 4] token ring), random.
+  python3 -c "
+import torch; g = torch.Generator().manual_seed(5)
+torch.save({'embeddings': torch.randn(${VOICE_FRAMES:-100}, 1, 1, 4096, generator=g) * 0.02,
+            'cache': torch.randint(0, 2048, (1, 17, 4), generator=g)}, '$VD/RANDF0.pt')" && ls -l "$VD"
+  PERSONA="You are a wise and friendly teacher. Answer questions or provide advice in a clear and engaging way, and keep every answer short and kind."
+  Q="text_prompt=$PERSONA&voice_prompt=RANDF0.pt"
+  LIMIT=400 run hand_1 loadtest --model random-personaplex --device cuda --dtype bf16 --conversations 1 --seconds 6 \
+    --voice-prompt-dir "$VD" --query "$Q"
+  grep -E "^\{|handshake" "$OUT/hand_1.txt" | tail -c 1500; echo
+  LIMIT=400 run hand_4 loadtest --model random-personaplex --device cuda --dtype bf16 --conversations 4 --stagger 1 --seconds 6 \
+    --voice-prompt-dir "$VD" --query "$Q"
+  grep -E "^\{|handshake" "$OUT/hand_4.txt" | tail -c 1500; echo ;;
 model)
   LIMIT=${VERIFY_LIMIT:-300} run verify_model_7b verify model --model random:32 --device cuda --dtype bf16 \
     --frames "${VERIFY_FRAMES:-100}" --kv-cache model,int8

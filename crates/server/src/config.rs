@@ -157,6 +157,19 @@ impl PromptRequest {
     }
 }
 
+/// The preset voices in `dir` (its `.pt` files, sorted by name): what `voice_prompt` may name.
+pub fn voice_names(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("--voice-prompt-dir {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && n.rsplit_once('.').is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("pt")))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.trim().parse::<T>().map_err(|_| format!("query parameter {key}={v:?} is not a valid {}", std::any::type_name::<T>()))
 }
@@ -307,5 +320,24 @@ mod tests {
         }
         let e = PromptRequest::from_query(&q(&[("voice_prompt", "voice.pt")]), None).unwrap_err();
         assert!(e.contains("--voice-prompt-dir"), "{e}");
+    }
+
+    /// The voice picker's list: `.pt` files only, sorted, hidden files and folders left out;
+    /// every name listed is accepted by `voice_prompt`.
+    #[test]
+    fn voices_are_listed_as_voice_prompt_takes_them() {
+        let dir = std::env::temp_dir().join(format!("moshi-voices-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub.pt")).unwrap();
+        for f in ["NATM1.pt", "NATF0.PT", "notes.txt", "rec.wav", ".hidden.pt"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let names = voice_names(&dir).unwrap();
+        assert_eq!(names, ["NATF0.PT", "NATM1.pt"]);
+        for n in &names {
+            let p = PromptRequest::from_query(&q(&[("voice_prompt", n)]), Some(&dir)).unwrap().unwrap();
+            assert_eq!(p.voice, Some(dir.join(n)));
+        }
+        assert!(voice_names(&dir.join("missing")).unwrap_err().contains("--voice-prompt-dir"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -43,6 +43,8 @@ struct AppState {
     metadata: serde_json::Value,
     text_vocab: usize,
     audio_vocab: usize,
+    /// The model follows PersonaPlex's prompts (`text_prompt`, `voice_prompt`).
+    prompts: bool,
     serial: AtomicU32,
     hosts: HostList,
     tls: bool,
@@ -232,6 +234,7 @@ pub async fn start(cfg: ServerConfig, moshi: Moshi) -> anyhow::Result<RunningSer
         metadata,
         text_vocab: lm.text_card,
         audio_vocab: lm.card,
+        prompts: lm.takes_prompts(),
         serial: AtomicU32::new(1),
         phase: watch::channel(Phase::Serving).0,
     });
@@ -253,7 +256,7 @@ fn router(state: Arc<AppState>) -> Router {
     let asset = |ty: &'static str, body: &'static str| move || async move { ([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, ASSET_CACHE)], body) };
     // Behind the API key when the server has keys: the conversation, what the page reads before
     // it, and the metrics (unless they have their own address).
-    let mut protected = Router::new().route("/api/info", get(info)).route("/api/chat", get(chat));
+    let mut protected = Router::new().route("/api/info", get(info)).route("/api/voices", get(voices)).route("/api/chat", get(chat));
     if state.cfg.metrics_addr.is_none() {
         protected = protected.route("/metrics", get(metrics_page));
     }
@@ -350,8 +353,28 @@ async fn info(State(s): State<Arc<AppState>>) -> Response {
         "text_vocab": s.text_vocab,
         "audio_vocab": s.audio_vocab,
         "max_conversations": s.scheduler.capacity(),
+        "prompts": s.prompts,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The preset voices a conversation may name in `voice_prompt` (the `.pt` files of
+/// `--voice-prompt-dir`), and whether the model takes prompts at all.
+async fn voices(State(s): State<Arc<AppState>>) -> Response {
+    let listed = match (&s.cfg.voice_prompt_dir, s.prompts) {
+        (Some(dir), true) => crate::config::voice_names(dir),
+        _ => Ok(Vec::new()),
+    };
+    match listed {
+        Ok(names) => {
+            let body = serde_json::json!({ "prompts": s.prompts, "voices": names });
+            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(%e, "listing the voices failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+    }
 }
 
 async fn metrics_page(State(s): State<Arc<AppState>>) -> Response {

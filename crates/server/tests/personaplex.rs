@@ -133,3 +133,32 @@ async fn a_model_without_prompt_training_refuses_a_prompt() {
     assert_eq!(s.active(), 0, "the slot is free again");
     s.shutdown();
 }
+
+/// What the page's persona box reads: `/api/info` says whether the model takes prompts, and
+/// `/api/voices` lists the `--voice-prompt-dir` presets (none for a model without prompt training).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_learns_of_prompts_and_voices() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn get_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    }
+    let moshi = moshi_engine::model_files::MoshiFiles::from_dir(&golden()).unwrap().load(DType::F32, &Device::Cpu).unwrap();
+    let cfg = moshi_server::ServerConfig { voice_prompt_dir: Some(golden()), ..moshi_server::ServerConfig::local_test() };
+    let s = moshi_server::start(cfg, moshi).await.unwrap();
+    assert_eq!(get_json(s.addr(), "/api/info").await["prompts"], true);
+    let v = get_json(s.addr(), "/api/voices").await;
+    assert_eq!(v, serde_json::json!({ "prompts": true, "voices": ["voice.pt"] }));
+    s.shutdown().await;
+
+    let cfg = moshi_server::ServerConfig { voice_prompt_dir: Some(golden()), ..moshi_server::ServerConfig::local_test() };
+    let s = moshi_server::start(cfg, common::tiny()).await.unwrap();
+    assert_eq!(get_json(s.addr(), "/api/info").await["prompts"], false);
+    assert_eq!(get_json(s.addr(), "/api/voices").await, serde_json::json!({ "prompts": false, "voices": [] }));
+    s.shutdown().await;
+}

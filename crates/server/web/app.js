@@ -28,7 +28,7 @@ const status = window.moshiStatus = {
   playedSamples: 0, transcript: '', errors: [], messagesSent: 0, messagesReceived: 0, bytesSent: 0,
   bytesReceived: 0, encodedPackets: 0, textMessages: 0, underruns: 0, droppedSamples: 0, bufferedMs: 0,
   micRms: 0, sentRms: 0, outRms: 0, contextRate: 0, closeCode: null, metadata: null,
-  info: null, defaults: null, chatQuery: null, model: '', tinyModel: false, session: null,
+  info: null, defaults: null, chatQuery: null, model: '', tinyModel: false, session: null, voices: null,
   muted: false, speaking: false, speakingEpisodes: 0, recordedSeconds: 0, downloads: 0, lastDownload: null,
   message: '', messageKind: '', secure: window.isSecureContext, webcodecs: 'checking',
 };
@@ -60,6 +60,7 @@ async function loadInfo() {
       defaults[k] = String(info[stream].top_k);
     }
     status.model = String(info.model || '');
+    if (info.prompts) await loadVoices();
   } catch (e) {
     $('defaults-note').textContent = `The server's defaults could not be read (/api/info: ${e.message}); the form shows ` +
       "Kyutai's. Only values that differ from them are sent.";
@@ -73,6 +74,32 @@ async function loadInfo() {
     input.title = defaults[name] === '' ? 'omitted unless set' : `server default: ${defaults[name]}`;
   }
   showModel(status.model);
+}
+
+// PersonaPlex: the persona box and the voice picker, filled from GET /api/voices (the server's
+// --voice-prompt-dir presets). Shown only for a model that takes prompts; a role or voice given in
+// the page's URL (?text_prompt=…&voice_prompt=…) starts the form.
+async function loadVoices() {
+  const query = new URLSearchParams(location.search);
+  const pick = $('voice_prompt');
+  $('persona').hidden = false;
+  $('text_prompt').value = query.get('text_prompt') ?? '';
+  try {
+    const r = await fetch('api/voices', { cache: 'no-store', headers: AUTH_ID ? { 'kyutai-api-key': AUTH_ID } : {} });
+    if (!r.ok) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+    const { voices } = await r.json();
+    status.voices = voices;
+    for (const name of voices) pick.add(new Option(name.replace(/\.pt$/i, ''), name));
+    $('voices-note').textContent = voices.length ? '' : 'This server has no preset voices (serve --voice-prompt-dir).';
+  } catch (e) {
+    $('voices-note').textContent = `The server's voices could not be read (/api/voices: ${e.message}).`;
+  }
+  const wanted = query.get('voice_prompt');
+  if (wanted) {
+    const match = [...pick.options].find((o) => o.value === wanted || o.value.replace(/\.pt$/i, '') === wanted);
+    if (!match) pick.add(new Option(wanted, wanted));
+    pick.value = match ? match.value : wanted;
+  }
 }
 
 function sameValue(a, b) {
@@ -90,6 +117,13 @@ function chatQuery() {
     if (changed(t) || changed(k)) for (const name of [t, k]) params.set(name, $(name).value.trim());
   }
   for (const name of Object.keys(NEUTRAL)) if (changed(name) && $(name).value.trim() !== '') params.set(name, $(name).value.trim());
+  if (!$('persona').hidden) {
+    // PersonaPlex's names; an empty role with no voice sends nothing (the model's own behaviour).
+    const role = $('text_prompt').value.trim();
+    const voice = $('voice_prompt').value;
+    if (role !== '') params.set('text_prompt', role);
+    if (voice !== '') params.set('voice_prompt', voice);
+  }
   return params.toString();
 }
 
@@ -357,6 +391,11 @@ function showSession(meta) {
   }
   const seed = asked.get('text_seed') ?? asked.get('audio_seed');
   row('seed', seed ?? 'random');
+  if (asked.has('text_prompt') || asked.has('voice_prompt')) {
+    const role = asked.get('text_prompt') ?? '';
+    session.persona = { role, voice: asked.get('voice_prompt') ?? '' };
+    row('persona', `${role ? `“${role.length > 80 ? `${role.slice(0, 80)}…` : role}”` : 'no role'}, voice ${session.persona.voice || 'none'}`);
+  }
   const ignored = meta.ignored_parameters || [];
   if (ignored.length > 0) row('ignored by the server', ignored.join(', '));
   session.ignored = ignored;
