@@ -587,3 +587,50 @@ fn a_prefilled_row_joins_as_a_stepped_one() {
     let w3 = worst(&got3, &want, "prefilled in a young batch");
     eprintln!("prefilled joins: identical tokens; PCM within {w1:.2e} / {w2:.2e} / {w3:.2e}");
 }
+
+/// Two conversations with different personas in one batch — row 0 the fixture's persona and
+/// preset voice, row 1 another role and no voice, prompts of different lengths — each give, step
+/// for step, the tokens (and readiness) they give alone.
+#[test]
+fn two_personas_share_a_batch_and_each_runs_as_alone() {
+    let moshi = moshi();
+    let fx = fixture();
+    let user = user_frames(&fx, "greedy");
+    let personas = [
+        prompt(&moshi, TEXT, "voice.pt"),
+        moshi.prepare_prompt(&PromptSpec { text: "You are Bob, a cheerful pirate who tells short stories.".into(), voice: VoiceSource::None }).unwrap(),
+    ];
+    assert_ne!(personas[0].text.len(), personas[1].text.len());
+    let gen = GenConfig { text: SamplingConfig::sampled(0.7, 25), audio: SamplingConfig::sampled(0.8, 40) };
+    let steps = P + user.len();
+    // Per step, per row: (ready, prompting, text, the 8 agent codebooks).
+    type Row = (bool, bool, u32, Vec<u32>);
+    let run = |rows: &[usize]| -> Vec<Vec<Row>> {
+        let b = rows.len();
+        let mut st = moshi.lm.new_slots(b, &RunOptions::default()).unwrap();
+        for (slot, &who) in rows.iter().enumerate() {
+            st.reset_row(slot, gen, 100 + who as u64).unwrap();
+            moshi.lm.start_prompt(&mut st, slot, &personas[who]).unwrap();
+        }
+        let mut got = vec![Vec::new(); b];
+        for s in 0..steps {
+            let codes: Vec<i64> = (0..b).flat_map(|_| user[s % user.len()].clone()).collect();
+            let o = moshi.lm.step(&mut st, &codes).unwrap();
+            for (r, g) in got.iter_mut().enumerate() {
+                g.push((o.ready[r], o.prompting[r], o.text[r], o.audio[r * 8..(r + 1) * 8].to_vec()));
+            }
+        }
+        got
+    };
+    let both = run(&[0, 1]);
+    for who in 0..2 {
+        let alone = run(&[who]).remove(0);
+        for (s, (a, b)) in alone.iter().zip(&both[who]).enumerate() {
+            assert_eq!(a, b, "persona {who}, step {s}: alone vs in a batch with the other persona");
+        }
+        let prompted = alone.iter().filter(|r| r.1).count();
+        assert!(prompted > 0 && alone.iter().any(|r| r.0 && !r.1), "persona {who}: {prompted} prompt steps, then the conversation");
+    }
+    let ends = |r: &[Row]| r.iter().position(|x| !x.1).unwrap();
+    assert_ne!(ends(&both[0]), ends(&both[1]), "the two prompts end at different steps");
+}

@@ -17,9 +17,11 @@
 //!   capturing, with an error saying so).
 
 //!
-//! Where graphs are used: [`applies`] (CUDA, `RunOptions::cuda_graphs`, the device sampler);
-//! today the depformer's steps with their sampling (`lm::frame_graph`). Elsewhere, and with
-//! the option off, every op runs eagerly as before.
+//! Where graphs are used: [`applies`] (CUDA, `RunOptions::cuda_graphs`): the temporal step
+//! (`lm::temporal_graph`: its 32 layers, `out_norm` and the text head, where the fused decode
+//! kernels run it, which read the step's position on the device) and, with the device sampler,
+//! the depformer's steps with their sampling (`lm::frame_graph`). Mimi and everything else, and
+//! every op with the option off, run eagerly.
 
 use candle_core::Device;
 #[cfg(feature = "cuda")]

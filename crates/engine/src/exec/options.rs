@@ -18,9 +18,10 @@ pub struct RunOptions {
     /// How the LM's temporal transformer stores its streaming keys and values. Mimi's caches and
     /// the depformer's (small, one frame deep) stay in the model's dtype.
     pub kv_cache: KvCacheKind,
-    /// On CUDA, replay the parts of a step that `exec::graph` captures (today the depformer's
-    /// steps and their sampling, with the device sampler) instead of launching their ops one by
-    /// one. No effect elsewhere; the tokens are the same either way (`verify model`).
+    /// On CUDA, replay the parts of a step that `exec::graph` captures (the temporal step, and
+    /// the depformer's steps with their sampling on the device sampler) instead of launching
+    /// their ops one by one. No effect elsewhere; the tokens are the same either way (`verify
+    /// model`).
     pub cuda_graphs: bool,
     /// Where tokens are sampled: on the model's device where it can (CUDA), or on the host.
     /// Both give the same tokens for the same noise (`exec::sampler`).
