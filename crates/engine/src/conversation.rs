@@ -120,6 +120,11 @@ impl Conversation {
         self.lm.graph_state()
     }
 
+    /// Where the temporal step's CUDA graph stands (`lm::temporal_graph`).
+    pub fn temporal_graph_state(&self) -> crate::lm::GraphState {
+        self.lm.temporal_graph_state()
+    }
+
     pub fn batch(&self) -> usize {
         self.batch
     }
