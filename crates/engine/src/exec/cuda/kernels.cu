@@ -69,7 +69,6 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* scratch) {
 }
 
 #define CHUNK_MAX 256  // slots per block: the host's CHUNK (nn/cuda/mod.rs) must not exceed it
-#define UNROLL 4       // passes of attn_partial's score loop whose loads are issued together
 
 // Partial attention of one (row, head) over one chunk of ≤ CHUNK_MAX cache slots. Layouts:
 //   q      [B, H, D] bf16 (the step's single query per row and head)
@@ -107,31 +106,21 @@ __device__ void attn_partial(const __nv_bfloat16* __restrict__ q, const T* __res
     for (int e = 0; e < EPL; e++) qf[e] = __bfloat162float(q[(size_t)bh * D + lig * EPL + e]) * scale;
 
     // 1. Scores (−inf before the row's start). The loop is uniform across a warp (shuffles).
-    // UNROLL passes at once: their loads are issued before any of their products (more bytes in
-    // flight per thread); each row's dot product is summed in the same order as one at a time.
-    for (int r0 = warp * RPW; r0 < n; r0 += RPB * UNROLL) {
-        float dot[UNROLL];
+    for (int r0 = warp * RPW; r0 < n; r0 += RPB) {
+        const int r = r0 + g;
+        float dot = 0.f;
+        if (r < n) {
+            float kf[EPL];
+            Vec16<T>::load(kc + (base + s0 + r) * D + lig * EPL, kf);
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const int r = r0 + u * RPB + g;
-            dot[u] = 0.f;
-            if (r < n) {
-                float kf[EPL];
-                Vec16<T>::load(kc + (base + s0 + r) * D + lig * EPL, kf);
-#pragma unroll
-                for (int e = 0; e < EPL; e++) dot[u] += qf[e] * kf[e];
-            }
+            for (int e = 0; e < EPL; e++) dot += qf[e] * kf[e];
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const int r = r0 + u * RPB + g;
-#pragma unroll
-            for (int o = G / 2; o > 0; o >>= 1) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
-            if (r < n && lig == 0) {
-                const int s = s0 + r;
-                const int d = last_slot >= s ? last_slot - s : last_slot - s + cap;  // steps back from the newest
-                sc[r] = last - d >= start ? dot[u] * (ks ? ks[base + s] : 1.f) : -INFINITY;
-            }
+        for (int o = G / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (r < n && lig == 0) {
+            const int s = s0 + r;
+            const int d = last_slot >= s ? last_slot - s : last_slot - s + cap;  // steps back from the newest
+            sc[r] = last - d >= start ? dot * (ks ? ks[base + s] : 1.f) : -INFINITY;
         }
     }
     __syncthreads();
@@ -152,7 +141,6 @@ __device__ void attn_partial(const __nv_bfloat16* __restrict__ q, const T* __res
     float acc[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; e++) acc[e] = 0.f;
-#pragma unroll 4
     for (int r = warp * RPW + g; r < n; r += RPB) {
         const float p = sc[r];
         if (p == 0.f) continue;
