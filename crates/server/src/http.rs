@@ -149,6 +149,9 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+        if !self.state.scheduler.stopped(Duration::from_secs(10)).await {
+            tracing::warn!("the batch thread did not end within 10 s of the shutdown");
+        }
     }
 
     /// Run until the listener tasks end (signal handling is the caller's).

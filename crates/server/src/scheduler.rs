@@ -145,6 +145,19 @@ impl SchedulerHandle {
     pub fn shutdown(&self) {
         let _ = self.tx.send(Control::Shutdown);
     }
+
+    /// Wait (up to `limit`) until the batch thread has ended and dropped the model: a process
+    /// about to exit must not tear the device down under a step in flight.
+    pub async fn stopped(&self, limit: std::time::Duration) -> bool {
+        let t = std::time::Instant::now();
+        while self.is_alive() {
+            if t.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
 }
 
 struct Active {
