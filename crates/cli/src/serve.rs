@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// before they are ended; a second signal ends them at once.
     #[arg(long, default_value_t = 30.0, value_parser = crate::values::seconds, allow_negative_numbers = true)]
     pub drain_seconds: f64,
+    /// This server's name among several behind a load balancer (e.g. the pod's name): sent as the
+    /// metadata message's `instance_name` and in /health, so a client can tell where it landed.
+    #[arg(long, default_value = "moshi-rs")]
+    pub instance_name: String,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -120,6 +124,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout_s: args.idle_timeout,
         max_connections: args.max_connections,
         drain_seconds: args.drain_seconds,
+        instance_name: args.instance_name,
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

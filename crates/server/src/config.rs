@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub options: RunOptions,
     /// Shown in the metadata message and /health.
     pub model_name: String,
+    /// This server's name among several behind a load balancer (`--instance-name`): the
+    /// metadata message's `instance_name` and /health's `instance`.
+    pub instance_name: String,
     /// A send to a client that takes longer than this closes the connection.
     pub send_timeout_s: f64,
     /// PersonaPlex: where the `voice_prompt` query parameter's presets are (`NATF0.pt` …).
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             defaults: GenConfig::default(),
             options: RunOptions::default(),
             model_name: "unnamed".into(),
+            instance_name: "moshi-rs".into(),
             send_timeout_s: 10.0,
             voice_prompt_dir: None,
             prefill_positions: 256,

@@ -192,7 +192,7 @@ pub async fn start(cfg: ServerConfig, moshi: Moshi) -> anyhow::Result<RunningSer
         "repetition_penalty": 1.0,
         "lm_model_file": cfg.model_name,
         "mimi_model_file": cfg.model_name,
-        "instance_name": "moshi-rs",
+        "instance_name": cfg.instance_name,
         "build_info": { "name": "moshi-rs", "version": env!("CARGO_PKG_VERSION") },
     });
     let tls = match &cfg.tls {
@@ -314,6 +314,7 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     let body = serde_json::json!({
         "status": if alive { "ok" } else { "down" },
         "model": s.cfg.model_name,
+        "instance": s.cfg.instance_name,
         "active_conversations": s.scheduler.active(),
         "max_conversations": s.scheduler.capacity(),
         "draining": *s.phase.borrow() != Phase::Serving,
