@@ -43,13 +43,20 @@ pub struct DepformerGraph {
     sampler: FrameSampler,
 }
 
+impl GraphState {
+    /// The state of a graph holder: recorded or not, and why recording failed, if it did.
+    pub(super) fn of(recorded: bool, failed: Option<&String>) -> Self {
+        match (recorded, failed) {
+            (_, Some(e)) => Self::Failed(e.clone()),
+            (true, None) => Self::Replaying,
+            (false, None) => Self::Warm,
+        }
+    }
+}
+
 impl DepformerGraph {
     pub fn state(&self) -> GraphState {
-        match (&self.captured, &self.failed) {
-            (_, Some(e)) => GraphState::Failed(e.clone()),
-            (Some(_), None) => GraphState::Replaying,
-            (None, None) => GraphState::Warm,
-        }
+        GraphState::of(self.captured.is_some(), self.failed.as_ref())
     }
 
     fn fits(&self, out: &Tensor, text_logits: &Tensor, calls: &[SampleCallPlan]) -> bool {

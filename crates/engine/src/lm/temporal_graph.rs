@@ -43,11 +43,7 @@ pub struct TemporalGraph {
 
 impl TemporalGraph {
     pub fn state(&self) -> GraphState {
-        match (&self.captured, &self.failed) {
-            (_, Some(e)) => GraphState::Failed(e.clone()),
-            (Some(_), None) => GraphState::Replaying,
-            (None, None) => GraphState::Warm,
-        }
+        GraphState::of(self.captured.is_some(), self.failed.as_ref())
     }
 
     fn fits(&self, x: &Tensor, ctx: &StepCtx, rings: &[TensorId]) -> bool {
