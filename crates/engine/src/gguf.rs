@@ -94,7 +94,8 @@ impl GgufFile {
             hint: format!(" in {}", self.path.display()),
         })?;
         match info.ggml_dtype {
-            GgmlDType::Q8_0 => Ok(Some(QWeight::new(self.qtensor(name, device)?)?)),
+            // Read on the host: the seam re-packs the blocks for some devices (exec::quant).
+            GgmlDType::Q8_0 => Ok(Some(QWeight::on(self.qtensor(name, &Device::Cpu)?, device)?)),
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Ok(None),
             other => Err(EngineError::ModelFiles {
                 path: self.path.clone(),

@@ -246,8 +246,8 @@ impl<'a> Weights<'a> {
     /// rows of a stacked tensor): 8-bit when quantizing at load and the shape allows.
     pub fn linear_of(&self, w: &Tensor) -> Result<crate::nn::Linear> {
         if !matches!(self.quant, Quant::None) && crate::exec::is_q8_shape(w.dims()) {
-            let q = crate::exec::quantize_q8(w, self.vb.device())?;
-            return Ok(crate::nn::Linear::q8(crate::exec::QWeight::new(q)?));
+            let q = crate::exec::quantize_q8(w, &Device::Cpu)?;
+            return Ok(crate::nn::Linear::q8(crate::exec::QWeight::on(q, self.vb.device())?));
         }
         Ok(crate::nn::Linear::new(w.to_device(self.vb.device())?.to_dtype(self.vb.dtype())?)?)
     }

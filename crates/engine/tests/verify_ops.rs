@@ -9,8 +9,8 @@ use moshi_engine::verify::ops::{self, Fault};
 use moshi_engine::verify::{first_failure, table, Check};
 
 /// The primitives the engine uses; dropping one from the check must fail this test.
-const OPS: [&str; 22] = [
-    "matmul", "linear", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
+const OPS: [&str; 24] = [
+    "matmul", "linear", "linear_q8", "linear_q8_candle", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
     "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
     "sample",
 ];
@@ -33,14 +33,20 @@ fn every_op_passes_on_cpu_in_f32_and_bf16() {
     // The CPU has every op in bf16: nothing is skipped.
     let skipped: Vec<&Check> = rows.iter().filter(|c| c.name.contains("skipped")).collect();
     assert!(skipped.is_empty(), "skipped on the CPU: {skipped:?}");
-    // On the CPU the f32 device side is the reference computation itself.
+    // On the CPU the f32 device side is the reference computation itself, except for the 8-bit
+    // product: its reference is the exact product of the 8-bit weights, and the CPU's (Candle's)
+    // quantizes the activations too, so it differs, within TOL_Q8_ACT.
     for c in rows.iter().filter(|c| c.group.ends_with(" f32")) {
-        assert_eq!(c.max_abs, 0.0, "{} / {}", c.group, c.name);
+        if c.group.starts_with("linear_q8") {
+            assert!(c.max_abs > 0.0 && c.max_rel <= moshi_engine::verify::ops::TOL_Q8_ACT, "{} / {}: {}", c.group, c.name, c.max_rel);
+        } else {
+            assert_eq!(c.max_abs, 0.0, "{} / {}", c.group, c.name);
+        }
     }
     // The bf16 rows are real comparisons: most differ from f32, all within the bound.
     let bf16: Vec<&Check> = rows.iter().filter(|c| c.group.ends_with(" bf16")).collect();
     assert!(bf16.iter().filter(|c| c.max_abs > 0.0).count() > bf16.len() / 2);
-    assert!(bf16.iter().all(|c| c.max_rel <= ops::TOL_BF16));
+    assert!(bf16.iter().all(|c| c.max_rel <= ops::TOL_BF16.max(ops::TOL_Q8_ACT)));
     eprintln!("{}", table(&rows));
 }
 

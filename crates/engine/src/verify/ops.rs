@@ -23,6 +23,8 @@
 
 #[path = "ops_cases.rs"]
 mod cases;
+#[path = "ops_q8.rs"]
+mod q8_cases;
 #[path = "ops_sampler.rs"]
 mod sampler_cases;
 
@@ -32,12 +34,13 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::Check;
+pub use q8_cases::TOL_Q8_ACT;
 use cases::Kind;
 use crate::error::{EngineError, Result};
 
 /// Every op checked, in table order. The group names are these followed by " f32" or " bf16".
 const OPS: &[&str] = &[
-    "matmul", "linear", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
+    "matmul", "linear", "linear_q8", "linear_q8_candle", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
     "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
     "sample",
 ];
@@ -124,6 +127,7 @@ fn dtype_name(d: DType) -> &'static str {
 /// kernel; the model then runs in f32 there).
 pub fn run(device: &Device, fault: Option<Fault>) -> Result<Vec<Check>> {
     let mut cases = cases::all();
+    cases.extend(q8_cases::cases());
     cases.extend(sampler_cases::cases());
     debug_assert!(cases.iter().all(|c| OPS.contains(&c.op)), "a case's op is missing from OPS");
     let mut rows = Vec::with_capacity(2 * cases.len());
@@ -142,9 +146,13 @@ pub fn run(device: &Device, fault: Option<Fault>) -> Result<Vec<Check>> {
 fn check_case(case: &cases::Case, group: &str, device: &Device, dtype: DType, faulty: bool) -> Result<Check> {
     let seed = case_seed(case.op, case.name);
     let tol = if dtype == DType::F32 { TOL_F32 } else { TOL_BF16 };
+    let tol = match case.kind {
+        Kind::Q8 { candle } if candle || !matches!(device, Device::Cuda(_)) => tol.max(q8_cases::TOL_Q8_ACT),
+        _ => tol,
+    };
     let round = (dtype != DType::F32).then_some(dtype);
     // An error here is a bug in the case itself, not in a backend: report it as such.
-    let reference = (case.run)(&mut Env::new(&Device::Cpu, DType::F32, round, seed)).map_err(|e| {
+    let reference = (case.run)(&mut Env::new(&Device::Cpu, DType::F32, round, seed).as_reference()).map_err(|e| {
         EngineError::InvalidInput(format!("verify ops: case `{group} / {}` fails on the CPU reference: {e}", case.name))
     })?;
     let ours = match (case.run)(&mut Env::new(device, dtype, round, seed)) {
@@ -157,13 +165,13 @@ fn check_case(case: &cases::Case, group: &str, device: &Device, dtype: DType, fa
             } else {
                 (format!("{} (skipped: {msg})", case.name), f64::NAN, true)
             };
-            let tol = if case.kind == Kind::Float { tol } else { 0.0 };
+            let tol = if matches!(case.kind, Kind::Float | Kind::Q8 { .. }) { tol } else { 0.0 };
             return Ok(Check { group: group.into(), name, max_abs: bad, max_rel: bad, tol, ok });
         }
     };
     let ours = if faulty { perturb(&ours, case.kind == Kind::Codes)? } else { ours };
     match case.kind {
-        Kind::Float => Check::float_rel(group, case.name, &ours, &reference, tol),
+        Kind::Float | Kind::Q8 { .. } => Check::float_rel(group, case.name, &ours, &reference, tol),
         Kind::Exact => Check::float(group, case.name, &ours, &reference, 0.0),
         Kind::Codes => Check::codes(group, case.name, &ours, &reference),
     }
@@ -205,11 +213,23 @@ pub(crate) struct Env<'a> {
     /// values too, as when loaded from a bf16 checkpoint).
     round: Option<DType>,
     state: u64,
+    /// The CPU f32 reference side (cases whose reference is computed another way ask).
+    reference: bool,
 }
 
 impl<'a> Env<'a> {
     fn new(device: &'a Device, dtype: DType, round: Option<DType>, seed: u64) -> Self {
-        Self { device, dtype, round, state: seed }
+        Self { device, dtype, round, state: seed, reference: false }
+    }
+
+    fn as_reference(mut self) -> Self {
+        self.reference = true;
+        self
+    }
+
+    /// Whether this is the reference side of the comparison.
+    pub fn is_reference(&self) -> bool {
+        self.reference
     }
 
     fn next_u64(&mut self) -> u64 {

@@ -29,6 +29,10 @@ pub(super) enum Kind {
     Exact,
     /// Indices: all equal.
     Codes,
+    /// An 8-bit weight product (`ops_q8`): the dtype's bound where the kernel keeps the
+    /// activations as they are (ours, on CUDA), `TOL_Q8_ACT` where it quantizes them too
+    /// (Candle's: `candle`, or any device other than CUDA).
+    Q8 { candle: bool },
 }
 
 pub(super) struct Case {

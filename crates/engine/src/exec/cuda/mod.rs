@@ -10,6 +10,7 @@
 //!   place (16-byte loads, several rows per warp), split over chunks of slots (flash-decoding)
 //!   and combined in a second launch; rows see only positions from their stream's start.
 //! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
+//! - `q8` (`q8.cu`): the 8-bit weight product (issue 17), see that module.
 //! - `sample_tokens_{f32,bf16}`: the host sampler (`lm::sampling::sample`) on the device, one
 //!   block per row, operation for operation (see `exec::sampler`).
 //!
@@ -23,6 +24,8 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, DType, Storage, Tensor};
 
 use crate::error::{EngineError, Result};
+
+pub mod q8;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moshi_kernels.ptx"));
 const MODULE: &str = "moshi_kernels";
