@@ -2,6 +2,7 @@
 //! weight's dequantization for more rows (the GEMM after it is Candle's). The weight layout is
 //! `exec::quant`'s [`PackedQ8`]: int8 values [N, K] and f16 block scales [N, K/32].
 
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{DType, Tensor};
 
 use super::{alloc, cuda_dev, launch_cfg, ptr};
