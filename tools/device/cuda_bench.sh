@@ -17,6 +17,7 @@
 #            (launch → first frame), page cache dropped first where allowed, then warm
 #   q8       8-bit weights (--weights q8): LM bench and the whole pipeline at batch 1 (bf16 and
 #            8-bit KV), and the full-context conversations sweep with the 8-bit KV cache
+#   q8b1     batch 1 only: lm bench and bench with bf16 then 8-bit weights, side by side
 #   hand     PersonaPlex (random full size): connect → handshake through `serve` (loadtest) with a
 #            preset-style .pt voice made here by torch and a 40-token persona; 1 client, then 4
 #            joining a running batch one second apart
@@ -114,6 +115,16 @@ q8)
   run sweep_q8_int8 bench --model random --device cuda --dtype bf16 --weights q8 --slots --context-fill 3000 --kv-cache int8 \
     --batch "${SWEEP_Q8:-1,64,128,160,192}" --frames "${SWEEP_FRAMES:-30}" --warmup 3 --json
   grep "^{" "$OUT/sweep_q8_int8.txt" ;;
+q8b1)
+  # bf16 and 8-bit weights side by side at batch 1, in one call (issue 17 item 5).
+  for w in model q8; do
+    run lm_bench_b1_w$w lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10 --weights $w
+    grep "^{" "$OUT/lm_bench_b1_w$w.txt" | tail -c 700; echo
+  done
+  for w in model q8; do
+    run bench_b1_w$w bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --weights $w --json
+    grep "^{" "$OUT/bench_b1_w$w.txt"
+  done ;;
 hand)
   VD=/tmp/voices; mkdir -p "$VD"
   # A preset's layout ([T, 1, 1, 4096] summed input embeddings, [1, 17, 4] token ring), random.
