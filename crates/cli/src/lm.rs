@@ -61,6 +61,9 @@ pub enum LmCommand {
     /// (the LM in --dtype, drawn on --device; Mimi; a stand-in tokenizer), loadable with
     /// `--model DIR`: for timing start-up from a local disk. About 15.4 GB for the bf16 7B.
     WriteRandom(WriteRandomArgs),
+    /// Time the LM's linear layers alone on the 7B's shapes, per weight format and kernel
+    /// (float, 8-bit in the seam's layout, Candle's 8-bit): one JSON line each.
+    BenchLinear(crate::lm_linear::BenchLinearArgs),
 }
 
 /// `lm write-random`'s options.
@@ -116,6 +119,7 @@ pub fn run(cmd: LmCommand) -> anyhow::Result<()> {
             eprintln!("wrote {:.2} GB into {} in {:.1} s", bytes as f64 / 1e9, args.dir.display(), t0.elapsed().as_secs_f64());
             Ok(())
         }
+        LmCommand::BenchLinear(args) => crate::lm_linear::run(&args),
         LmCommand::Bench(args) => {
             let mut cfg = match &args.config {
                 Some(p) => LmConfig::from_json_file(p)?,

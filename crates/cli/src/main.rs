@@ -5,6 +5,7 @@ mod bench;
 mod codec;
 mod hub;
 mod lm;
+mod lm_linear;
 mod progress;
 mod quantize;
 mod loadtest;

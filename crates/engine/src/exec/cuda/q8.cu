@@ -128,6 +128,83 @@ __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restric
 Q8_MATVEC_ALL(__nv_bfloat16, bf16)
 Q8_MATVEC_ALL(float, f32)
 
+// Variant "warp" (being measured against the block variant above): a warp owns Q8W_R rows and
+// the whole of K; its lanes take 16 bytes of a row each, Q8W_U chunks per lane issued before
+// any arithmetic (Q8W_U · Q8W_R 16-byte loads in flight per lane); warp shuffles reduce.
+#define Q8W_R 2
+#define Q8W_U 4
+#define Q8W_WARPS 8
+template <typename TX, int M>
+__device__ void q8_matvec_warp(const int8_t* __restrict__ qs, const __half* __restrict__ d, const TX* __restrict__ x,
+                               TX* __restrict__ y, int N, int K) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n0 = (blockIdx.x * Q8W_WARPS + warp) * Q8W_R;
+    if (n0 >= N) return;
+    const int nb = K / 32;
+    float acc[M][Q8W_R];
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < Q8W_R; r++) acc[m][r] = 0.f;
+    for (int k0 = lane * 16; k0 < K; k0 += 32 * 16 * Q8W_U) {
+        uint4 raw[Q8W_U][Q8W_R];
+        float s[Q8W_U][Q8W_R];
+#pragma unroll
+        for (int u = 0; u < Q8W_U; u++) {
+            const int k = k0 + u * 512;
+#pragma unroll
+            for (int r = 0; r < Q8W_R; r++) {
+                const int n = min(n0 + r, N - 1);
+                if (k < K) {
+                    raw[u][r] = __ldg(reinterpret_cast<const uint4*>(qs + (size_t)n * K + k));
+                    s[u][r] = __half2float(d[(size_t)n * nb + k / 32]);
+                } else {
+                    raw[u][r] = make_uint4(0, 0, 0, 0);
+                    s[u][r] = 0.f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < Q8W_U; u++) {
+            const int k = k0 + u * 512;
+            if (k >= K) break;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float xf[16];
+                X16<TX>::load(x + (size_t)m * K + k, xf);
+#pragma unroll
+                for (int r = 0; r < Q8W_R; r++) {
+                    float w[16];
+                    widen16(raw[u][r], w);
+                    float dot = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 16; i++) dot = fmaf(w[i], xf[i], dot);
+                    acc[m][r] = fmaf(s[u][r], dot, acc[m][r]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int r = 0; r < Q8W_R; r++) {
+            float v = acc[m][r];
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0 && n0 + r < N) y[(size_t)m * N + n0 + r] = X16<TX>::out(v);
+        }
+}
+
+#define Q8_MATVEC_W(TX, NAME, M)                                                                               \
+    extern "C" __global__ void __launch_bounds__(32 * Q8W_WARPS) q8_matvec_warp_##NAME##_m##M(                \
+        const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
+        q8_matvec_warp<TX, M>(qs, d, x, y, N, K);                                                              \
+    }
+#define Q8_MATVEC_W_ALL(TX, NAME)                                                                              \
+    Q8_MATVEC_W(TX, NAME, 1) Q8_MATVEC_W(TX, NAME, 2) Q8_MATVEC_W(TX, NAME, 3) Q8_MATVEC_W(TX, NAME, 4)         \
+    Q8_MATVEC_W(TX, NAME, 5) Q8_MATVEC_W(TX, NAME, 6) Q8_MATVEC_W(TX, NAME, 7) Q8_MATVEC_W(TX, NAME, 8)
+Q8_MATVEC_W_ALL(__nv_bfloat16, bf16)
+Q8_MATVEC_W_ALL(float, f32)
+
 // W [N, K] as floats: thread i writes the 16 values of qs[16 i .. 16 i + 16).
 template <typename TX>
 __device__ void q8_dequantize(const int8_t* __restrict__ qs, const __half* __restrict__ d, TX* __restrict__ w,

@@ -51,13 +51,20 @@ pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
         _ => ptr::<f32>(&y, &dev)?,
     };
     let (ni, ki) = (n as i32, k as i32);
-    let f = dev.get_or_load_custom_func(&format!("q8_matvec_{name}_m{m}"), MODULE, PTX)?;
+    // Two kernel shapes under measurement (MOSHI_Q8_KERNEL=warp picks the second).
+    let warp = std::env::var("MOSHI_Q8_KERNEL").is_ok_and(|v| v == "warp");
+    let (func, grid, threads) = if warp {
+        (format!("q8_matvec_warp_{name}_m{m}"), n.div_ceil(16) as u32, 256)
+    } else {
+        (format!("q8_matvec_{name}_m{m}"), n.div_ceil(ROWS) as u32, THREADS)
+    };
+    let f = dev.get_or_load_custom_func(&func, MODULE, PTX)?;
     let mut l = f.builder();
     l.arg(&qp).arg(&dp).arg(&xp).arg(&yp).arg(&ni).arg(&ki);
     // SAFETY: the arguments match the kernel's signature; qs holds N·K bytes, d N·K/32 scales,
     // x M·K values from a 16-byte aligned start and y M·N (checked above; K % 32 == 0 is
     // PackedQ8's invariant).
-    unsafe { l.launch(launch_cfg((n.div_ceil(ROWS) as u32, 1), THREADS)) }.map_err(candle_core::Error::wrap)?;
+    unsafe { l.launch(launch_cfg((grid, 1), threads)) }.map_err(candle_core::Error::wrap)?;
     Ok(y)
 }
 
