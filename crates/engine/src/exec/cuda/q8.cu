@@ -52,11 +52,16 @@ template <> struct X16<float> {
     __device__ static __forceinline__ float out(float v) { return v; }
 };
 
-// 16 int8 weights of one 16-byte load, widened to f32.
+// 16 int8 weights of one 16-byte load, widened to f32 without the int → float converter (a
+// quarter-rate unit): each byte, made unsigned (u = q + 128), is placed by one byte permute into
+// the low bits of the float 2²³ (bits 0x4B000000 | u, the float 2²³ + u exactly), and one
+// subtraction of 2²³ + 128 leaves q, exactly.
 __device__ __forceinline__ void widen16(const uint4 u, float* w) {
-    const int8_t* c = reinterpret_cast<const int8_t*>(&u);
+    const uint32_t v[4] = {u.x ^ 0x80808080u, u.y ^ 0x80808080u, u.z ^ 0x80808080u, u.w ^ 0x80808080u};
 #pragma unroll
-    for (int i = 0; i < 16; i++) w[i] = (float)c[i];
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int b = 0; b < 4; b++) w[4 * j + b] = __int_as_float(__byte_perm(v[j], 0x4B000000u, 0x7440 + b)) - 8388736.f;
 }
 
 template <typename TX, int M>
