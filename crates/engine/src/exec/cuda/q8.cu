@@ -136,10 +136,8 @@ Q8_MATVEC_ALL(float, f32)
 // Variant "warp" (being measured against the block variant above): a warp owns Q8W_R rows and
 // the whole of K; its lanes take 16 bytes of a row each, Q8W_U chunks per lane issued before
 // any arithmetic (Q8W_U · Q8W_R 16-byte loads in flight per lane); warp shuffles reduce.
-#define Q8W_R 2
-#define Q8W_U 4
 #define Q8W_WARPS 8
-template <typename TX, int M>
+template <typename TX, int M, int Q8W_R, int Q8W_U>
 __device__ void q8_matvec_warp(const int8_t* __restrict__ qs, const __half* __restrict__ d, const TX* __restrict__ x,
                                TX* __restrict__ y, int N, int K) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -199,14 +197,18 @@ __device__ void q8_matvec_warp(const int8_t* __restrict__ qs, const __half* __re
         }
 }
 
-#define Q8_MATVEC_W(TX, NAME, M)                                                                               \
-    extern "C" __global__ void __launch_bounds__(32 * Q8W_WARPS) q8_matvec_warp_##NAME##_m##M(                \
+#define Q8_MATVEC_W(TX, NAME, M, R, U)                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * Q8W_WARPS) q8_matvec_warp_r##R##u##U##_##NAME##_m##M(   \
         const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
-        q8_matvec_warp<TX, M>(qs, d, x, y, N, K);                                                              \
+        q8_matvec_warp<TX, M, R, U>(qs, d, x, y, N, K);                                                        \
     }
+#define Q8_MATVEC_W_RU(TX, NAME, R, U)                                                                         \
+    Q8_MATVEC_W(TX, NAME, 1, R, U) Q8_MATVEC_W(TX, NAME, 2, R, U) Q8_MATVEC_W(TX, NAME, 3, R, U)               \
+    Q8_MATVEC_W(TX, NAME, 4, R, U) Q8_MATVEC_W(TX, NAME, 5, R, U) Q8_MATVEC_W(TX, NAME, 6, R, U)               \
+    Q8_MATVEC_W(TX, NAME, 7, R, U) Q8_MATVEC_W(TX, NAME, 8, R, U)
 #define Q8_MATVEC_W_ALL(TX, NAME)                                                                              \
-    Q8_MATVEC_W(TX, NAME, 1) Q8_MATVEC_W(TX, NAME, 2) Q8_MATVEC_W(TX, NAME, 3) Q8_MATVEC_W(TX, NAME, 4)         \
-    Q8_MATVEC_W(TX, NAME, 5) Q8_MATVEC_W(TX, NAME, 6) Q8_MATVEC_W(TX, NAME, 7) Q8_MATVEC_W(TX, NAME, 8)
+    Q8_MATVEC_W_RU(TX, NAME, 1, 8) Q8_MATVEC_W_RU(TX, NAME, 2, 4) Q8_MATVEC_W_RU(TX, NAME, 2, 8)               \
+    Q8_MATVEC_W_RU(TX, NAME, 4, 4)
 Q8_MATVEC_W_ALL(__nv_bfloat16, bf16)
 Q8_MATVEC_W_ALL(float, f32)
 

@@ -51,12 +51,14 @@ pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
         _ => ptr::<f32>(&y, &dev)?,
     };
     let (ni, ki) = (n as i32, k as i32);
-    // Two kernel shapes under measurement (MOSHI_Q8_KERNEL=warp picks the second).
-    let warp = std::env::var("MOSHI_Q8_KERNEL").is_ok_and(|v| v == "warp");
-    let (func, grid, threads) = if warp {
-        (format!("q8_matvec_warp_{name}_m{m}"), n.div_ceil(16) as u32, 256)
-    } else {
-        (format!("q8_matvec_{name}_m{m}"), n.div_ceil(ROWS) as u32, THREADS)
+    // Kernel shapes under measurement: MOSHI_Q8_KERNEL=r{R}u{U} picks a warp-per-R-rows one.
+    let warp = std::env::var("MOSHI_Q8_KERNEL").ok().and_then(|v| {
+        let (r, u) = v.strip_prefix('r')?.split_once('u')?;
+        Some((r.parse::<usize>().ok()?, u.parse::<usize>().ok()?))
+    });
+    let (func, grid, threads) = match warp {
+        Some((r, u)) => (format!("q8_matvec_warp_r{r}u{u}_{name}_m{m}"), n.div_ceil(8 * r) as u32, 256),
+        None => (format!("q8_matvec_{name}_m{m}"), n.div_ceil(ROWS) as u32, THREADS),
     };
     let f = dev.get_or_load_custom_func(&func, MODULE, PTX)?;
     let mut l = f.builder();
