@@ -7,10 +7,10 @@
 // dtype. Unlike Candle's MMVQ, the activations are not quantized.
 //
 // - q8_matvec_{bf16,f32}_m{1..8}: M ≤ 8 rows (batch-1 decode, the depformer): one pass over the
-//   weight bytes for all M rows. A block of Q8_THREADS threads owns R consecutive output rows;
+//   weight bytes for all M rows (the host launches it per 8 rows up to 24). A block of Q8_THREADS threads owns R consecutive output rows;
 //   each thread reads 16 weight bytes per row (one 16-byte load) at k = 16·tid, 16·(tid + T), …,
 //   multiplies them with the M activation rows, and the block reduces in shared memory.
-// - q8_dequantize_{bf16,f32}: W as floats (for M > 8, where a GEMM on the dequantized weight
+// - q8_dequantize_{bf16,f32}: W as floats (for M > 24, where a GEMM on the dequantized weight
 //   takes over; exec/quant.rs).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -133,86 +133,25 @@ __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restric
 Q8_MATVEC_ALL(__nv_bfloat16, bf16)
 Q8_MATVEC_ALL(float, f32)
 
-// Variant "warp" (being measured against the block variant above): a warp owns Q8W_R rows and
-// the whole of K; its lanes take 16 bytes of a row each, Q8W_U chunks per lane issued before
-// any arithmetic (Q8W_U · Q8W_R 16-byte loads in flight per lane); warp shuffles reduce.
-#define Q8W_WARPS 8
-template <typename TX, int M, int Q8W_R, int Q8W_U>
-__device__ void q8_matvec_warp(const int8_t* __restrict__ qs, const __half* __restrict__ d, const TX* __restrict__ x,
-                               TX* __restrict__ y, int N, int K) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n0 = (blockIdx.x * Q8W_WARPS + warp) * Q8W_R;
-    if (n0 >= N) return;
-    const int nb = K / 32;
-    float acc[M][Q8W_R];
+// W [N, K] as floats: thread i writes the 16 values of qs[16 i .. 16 i + 16), in 16-byte stores.
+template <typename TX> struct Store16;
+template <> struct Store16<__nv_bfloat16> {
+    __device__ static __forceinline__ void put(__nv_bfloat16* p, const float* v) {
+        uint4 u[2];
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(u);
 #pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int r = 0; r < Q8W_R; r++) acc[m][r] = 0.f;
-    for (int k0 = lane * 16; k0 < K; k0 += 32 * 16 * Q8W_U) {
-        uint4 raw[Q8W_U][Q8W_R];
-        float s[Q8W_U][Q8W_R];
-#pragma unroll
-        for (int u = 0; u < Q8W_U; u++) {
-            const int k = k0 + u * 512;
-#pragma unroll
-            for (int r = 0; r < Q8W_R; r++) {
-                const int n = min(n0 + r, N - 1);
-                if (k < K) {
-                    raw[u][r] = __ldg(reinterpret_cast<const uint4*>(qs + (size_t)n * K + k));
-                    s[u][r] = __half2float(d[(size_t)n * nb + k / 32]);
-                } else {
-                    raw[u][r] = make_uint4(0, 0, 0, 0);
-                    s[u][r] = 0.f;
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < Q8W_U; u++) {
-            const int k = k0 + u * 512;
-            if (k >= K) break;
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                float xf[16];
-                X16<TX>::load(x + (size_t)m * K + k, xf);
-#pragma unroll
-                for (int r = 0; r < Q8W_R; r++) {
-                    float w[16];
-                    widen16(raw[u][r], w);
-                    float dot = 0.f;
-#pragma unroll
-                    for (int i = 0; i < 16; i++) dot = fmaf(w[i], xf[i], dot);
-                    acc[m][r] = fmaf(s[u][r], dot, acc[m][r]);
-                }
-            }
-        }
+        for (int i = 0; i < 8; i++) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+        reinterpret_cast<uint4*>(p)[0] = u[0];
+        reinterpret_cast<uint4*>(p)[1] = u[1];
     }
+};
+template <> struct Store16<float> {
+    __device__ static __forceinline__ void put(float* p, const float* v) {
 #pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int r = 0; r < Q8W_R; r++) {
-            float v = acc[m][r];
-            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0 && n0 + r < N) y[(size_t)m * N + n0 + r] = X16<TX>::out(v);
-        }
-}
-
-#define Q8_MATVEC_W(TX, NAME, M, R, U)                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * Q8W_WARPS) q8_matvec_warp_r##R##u##U##_##NAME##_m##M(   \
-        const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
-        q8_matvec_warp<TX, M, R, U>(qs, d, x, y, N, K);                                                        \
+        for (int i = 0; i < 4; i++) reinterpret_cast<float4*>(p)[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
     }
-#define Q8_MATVEC_W_RU(TX, NAME, R, U)                                                                         \
-    Q8_MATVEC_W(TX, NAME, 1, R, U) Q8_MATVEC_W(TX, NAME, 2, R, U) Q8_MATVEC_W(TX, NAME, 3, R, U)               \
-    Q8_MATVEC_W(TX, NAME, 4, R, U) Q8_MATVEC_W(TX, NAME, 5, R, U) Q8_MATVEC_W(TX, NAME, 6, R, U)               \
-    Q8_MATVEC_W(TX, NAME, 7, R, U) Q8_MATVEC_W(TX, NAME, 8, R, U)
-#define Q8_MATVEC_W_ALL(TX, NAME)                                                                              \
-    Q8_MATVEC_W_RU(TX, NAME, 1, 8) Q8_MATVEC_W_RU(TX, NAME, 2, 4) Q8_MATVEC_W_RU(TX, NAME, 2, 8)               \
-    Q8_MATVEC_W_RU(TX, NAME, 4, 4)
-Q8_MATVEC_W_ALL(__nv_bfloat16, bf16)
-Q8_MATVEC_W_ALL(float, f32)
+};
 
-// W [N, K] as floats: thread i writes the 16 values of qs[16 i .. 16 i + 16).
 template <typename TX>
 __device__ void q8_dequantize(const int8_t* __restrict__ qs, const __half* __restrict__ d, TX* __restrict__ w,
                               long long n16) {
@@ -223,7 +162,8 @@ __device__ void q8_dequantize(const int8_t* __restrict__ qs, const __half* __res
     float v[16];
     widen16(u, v);
 #pragma unroll
-    for (int j = 0; j < 16; j++) w[i * 16 + j] = X16<TX>::out(s * v[j]);
+    for (int j = 0; j < 16; j++) v[j] *= s;
+    Store16<TX>::put(w + i * 16, v);
 }
 extern "C" __global__ void q8_dequantize_bf16(const int8_t* qs, const __half* d, __nv_bfloat16* w, long long n16) {
     q8_dequantize<__nv_bfloat16>(qs, d, w, n16);

@@ -14,8 +14,12 @@ const MODULE: &str = "moshi_q8";
 /// q8.cu's Q8_THREADS and Q8_R: threads per block, output rows per block.
 const THREADS: u32 = 128;
 const ROWS: usize = 4;
-/// The most activation rows `matvec` takes (the kernels' largest M).
+/// The kernels' largest M: `matvec` launches one per this many rows.
 pub const MATVEC_MAX_ROWS: usize = 8;
+/// Up to this many rows `linear_q8` runs `matvec` (3 passes over the weights); above, the
+/// dequantized weight and a GEMM (measured on the H200: at 16 rows `matvec` twice is ≈ 40 µs for
+/// the 7B's QKV against ≈ 70 for dequantization + GEMM; at 128 rows the GEMM is far ahead).
+pub const MATVEC_ROWS_UP_TO: usize = 24;
 
 fn dtype_name(d: DType) -> Result<&'static str> {
     match d {
@@ -25,22 +29,19 @@ fn dtype_name(d: DType) -> Result<&'static str> {
     }
 }
 
-/// x [M, K] (M ≤ 8, contiguous, bf16 or f32) · Wᵀ → [M, N] in x's dtype, reading each weight
-/// byte once.
+/// x [M, K] (contiguous, bf16 or f32) · Wᵀ → [M, N] in x's dtype: one kernel launch per 8 rows
+/// of x, each reading every weight byte once.
 pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
     let dev = cuda_dev(x)?;
     let (m, k) = x.dims2()?;
     let (n, wk) = w.dims();
-    if wk != k || m == 0 || m > MATVEC_MAX_ROWS {
-        return Err(EngineError::InvalidInput(format!("q8 matvec: x {:?} for a weight [{n}, {wk}] (1 to 8 rows)", x.dims())));
+    if wk != k || m == 0 {
+        return Err(EngineError::InvalidInput(format!("q8 matvec: x {:?} for a weight [{n}, {wk}]", x.dims())));
     }
     let name = dtype_name(x.dtype())?;
+    let size = x.dtype().size_in_bytes();
     // The kernel reads x 16 values at a time: its rows must start 16-byte aligned.
-    let x = if x.is_contiguous() && x.layout().start_offset() * x.dtype().size_in_bytes() % 16 == 0 {
-        x.clone()
-    } else {
-        x.force_contiguous()?
-    };
+    let x = if x.is_contiguous() && x.layout().start_offset() * size % 16 == 0 { x.clone() } else { x.force_contiguous()? };
     let (qp, dp) = (ptr::<u8>(&w.qs, &dev)?, ptr::<half::f16>(&w.d, &dev)?);
     let (xp, y) = match x.dtype() {
         DType::BF16 => (ptr::<half::bf16>(&x, &dev)?, alloc::<half::bf16>(&dev, &[m, n])?),
@@ -51,22 +52,17 @@ pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
         _ => ptr::<f32>(&y, &dev)?,
     };
     let (ni, ki) = (n as i32, k as i32);
-    // Kernel shapes under measurement: MOSHI_Q8_KERNEL=r{R}u{U} picks a warp-per-R-rows one.
-    let warp = std::env::var("MOSHI_Q8_KERNEL").ok().and_then(|v| {
-        let (r, u) = v.strip_prefix('r')?.split_once('u')?;
-        Some((r.parse::<usize>().ok()?, u.parse::<usize>().ok()?))
-    });
-    let (func, grid, threads) = match warp {
-        Some((r, u)) => (format!("q8_matvec_warp_r{r}u{u}_{name}_m{m}"), n.div_ceil(8 * r) as u32, 256),
-        None => (format!("q8_matvec_{name}_m{m}"), n.div_ceil(ROWS) as u32, THREADS),
-    };
-    let f = dev.get_or_load_custom_func(&func, MODULE, PTX)?;
-    let mut l = f.builder();
-    l.arg(&qp).arg(&dp).arg(&xp).arg(&yp).arg(&ni).arg(&ki);
-    // SAFETY: the arguments match the kernel's signature; qs holds N·K bytes, d N·K/32 scales,
-    // x M·K values from a 16-byte aligned start and y M·N (checked above; K % 32 == 0 is
-    // PackedQ8's invariant).
-    unsafe { l.launch(launch_cfg((grid, 1), threads)) }.map_err(candle_core::Error::wrap)?;
+    for m0 in (0..m).step_by(MATVEC_MAX_ROWS) {
+        let rows = (m - m0).min(MATVEC_MAX_ROWS);
+        let (xs, ys) = (xp + (m0 * k * size) as u64, yp + (m0 * n * size) as u64);
+        let f = dev.get_or_load_custom_func(&format!("q8_matvec_{name}_m{rows}"), MODULE, PTX)?;
+        let mut l = f.builder();
+        l.arg(&qp).arg(&dp).arg(&xs).arg(&ys).arg(&ni).arg(&ki);
+        // SAFETY: the arguments match the kernel's signature; qs holds N·K bytes, d N·K/32
+        // scales, x from row m0 holds `rows`·K values from a 16-byte aligned start (K % 32 == 0
+        // is PackedQ8's invariant) and y from row m0 `rows`·N.
+        unsafe { l.launch(launch_cfg((n.div_ceil(ROWS) as u32, 1), THREADS)) }.map_err(candle_core::Error::wrap)?;
+    }
     Ok(y)
 }
 
