@@ -146,6 +146,82 @@ pub fn packet_samples_48k(packet: &[u8]) -> Option<u32> {
     (count > 0 && total <= 5760).then_some(total)
 }
 
+/// The frame sizes of a non-empty Opus packet (RFC 6716 §3.2), or which of §3.4's rules
+/// [R1]–[R7] it breaks: what libopus's `opus_packet_parse` accepts and refuses (the `opus_diff`
+/// fuzz target checks the two agree). A frame of size 0 is a lost one (concealed).
+pub fn opus_frame_sizes(packet: &[u8]) -> Result<Vec<usize>, &'static str> {
+    const MAX_FRAME: usize = 1275;
+    let (&toc, mut data) = packet.split_first().ok_or("an empty packet (R1)")?;
+    // A frame length: one byte below 252, else two (RFC 6716 §3.2.1).
+    fn length(data: &mut &[u8]) -> Result<usize, &'static str> {
+        let (&b0, rest) = data.split_first().ok_or("a frame length past the end")?;
+        if b0 < 252 {
+            *data = rest;
+            return Ok(b0 as usize);
+        }
+        let (&b1, rest) = rest.split_first().ok_or("a frame length past the end")?;
+        *data = rest;
+        Ok(b0 as usize + 4 * b1 as usize)
+    }
+    let sizes = match toc & 3 {
+        0 => vec![data.len()],
+        1 if data.len() % 2 == 1 => return Err("code 1 with an odd payload length (R3)"),
+        1 => vec![data.len() / 2; 2],
+        2 => {
+            let first = length(&mut data)?;
+            if first > data.len() {
+                return Err("code 2 with a first frame longer than the packet (R4)");
+            }
+            vec![first, data.len() - first]
+        }
+        _ => {
+            let (&count, rest) = data.split_first().ok_or("code 3 without its frame count byte (R6)")?;
+            data = rest;
+            let m = (count & 0x3f) as usize;
+            if m == 0 || packet_samples_48k(packet).is_none() {
+                return Err("code 3 with no frames or more than 120 ms (R5)");
+            }
+            if count & 0x40 != 0 {
+                // Padding: bytes of 255 add 254 and continue; the last adds its value.
+                let mut padding = 0usize;
+                loop {
+                    let (&b, rest) = data.split_first().ok_or("code 3 padding length past the end (R7)")?;
+                    data = rest;
+                    padding += if b == 255 { 254 } else { b as usize };
+                    if b != 255 {
+                        break;
+                    }
+                }
+                if padding > data.len() {
+                    return Err("code 3 padding longer than the packet (R7)");
+                }
+                data = &data[..data.len() - padding];
+            }
+            if count & 0x80 == 0 {
+                if data.len() % m != 0 {
+                    return Err("code 3 CBR with a payload not a multiple of its frame count (R6)");
+                }
+                vec![data.len() / m; m]
+            } else {
+                let mut sizes = Vec::with_capacity(m);
+                for _ in 0..m - 1 {
+                    sizes.push(length(&mut data)?);
+                }
+                let listed: usize = sizes.iter().sum();
+                if listed > data.len() {
+                    return Err("code 3 VBR frame lengths longer than the packet (R7)");
+                }
+                sizes.push(data.len() - listed);
+                sizes
+            }
+        }
+    };
+    if sizes.iter().any(|&s| s > MAX_FRAME) {
+        return Err("a frame longer than 1275 bytes (R2)");
+    }
+    Ok(sizes)
+}
+
 /// Why [`OpusPacketDecoder`] could not decode a packet. Either way the decoder was reset.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpusPacketError {
@@ -159,9 +235,10 @@ pub enum OpusPacketError {
 }
 
 /// Decodes the Opus packets of one stream at [`DECODE_RATE`], with the stream's channel count
-/// and output gain. A packet that the decoder rejects, or that makes it panic, is an
-/// [`OpusPacketError`] and the decoder is replaced by a fresh one (a panic may leave it
-/// inconsistent): nothing here panics on hostile packets.
+/// and output gain. A malformed packet ([`opus_frame_sizes`]) is an [`OpusPacketError`] that
+/// leaves the decoder as it was; a packet that the decoder rejects, or that makes it panic, is
+/// one too and the decoder is replaced by a fresh one (a panic may leave it inconsistent):
+/// nothing here panics on hostile packets.
 ///
 /// An empty packet is a lost one: the decoder conceals [`MAX_PACKET_SAMPLES`] in its place (as
 /// libopus does for a lost packet of that length).
@@ -198,6 +275,11 @@ impl OpusPacketDecoder {
     /// Decodes one packet; returns its samples, interleaved by channel (at most
     /// [`MAX_PACKET_SAMPLES`] per channel), the output gain applied.
     pub fn decode(&mut self, packet: &[u8]) -> Result<&[f32], OpusPacketError> {
+        // A malformed packet (RFC 6716 §3.4) never reaches the decoder, whose state it leaves
+        // as it was (as libopus refuses it). opus-rs would conceal some of them as lost ones.
+        if !packet.is_empty() {
+            opus_frame_sizes(packet).map_err(|rule| OpusPacketError::Rejected(format!("malformed Opus packet: {rule}")))?;
+        }
         let decoder = &mut self.decoder;
         let pcm = &mut self.pcm;
         let result = catch_unwind(AssertUnwindSafe(|| decoder.decode(packet, MAX_PACKET_SAMPLES, pcm)));

@@ -292,3 +292,41 @@ fn the_opusenc_fixture_decodes_like_hello_wav() {
     // 0.93 here; one sample of misalignment gives 0.81.
     assert!(c > 0.9, "correlation with hello.wav {c} (misaligned or not the same audio)");
 }
+
+/// RFC 6716 §3.2's framing and §3.4's rules, one case per rule (the fuzz target `opus_diff`
+/// compares the verdicts with libopus's `opus_packet_parse` on fuzzed packets).
+#[test]
+fn opus_frame_sizes_follow_rfc_6716() {
+    use moshi_engine::audio::opus::opus_frame_sizes;
+    // Code 0: one frame, the rest of the packet; a TOC alone is one lost frame.
+    assert_eq!(opus_frame_sizes(&[0x78, 1, 2, 3]), Ok(vec![3]));
+    assert_eq!(opus_frame_sizes(&[0x78]), Ok(vec![0]));
+    assert!(opus_frame_sizes(&[]).unwrap_err().contains("R1"));
+    assert!(opus_frame_sizes(&[0x78; 1277]).unwrap_err().contains("R2"));
+    // Code 1: two equal halves.
+    assert_eq!(opus_frame_sizes(&[0x79, 1, 2, 3, 4]), Ok(vec![2, 2]));
+    assert_eq!(opus_frame_sizes(&[0x79]), Ok(vec![0, 0]));
+    assert!(opus_frame_sizes(&[0x79, 1, 2, 3]).unwrap_err().contains("R3"));
+    // Code 2: a length, then the two frames; a TOC alone has no length byte.
+    assert_eq!(opus_frame_sizes(&[0x7a, 2, 9, 9, 8]), Ok(vec![2, 1]));
+    assert!(opus_frame_sizes(&[0x7a, 3, 9, 9]).unwrap_err().contains("R4"));
+    assert!(opus_frame_sizes(&[0x6a]).is_err(), "code 2 TOC alone");
+    let mut two_byte = vec![0x7a, 252, 1];
+    two_byte.extend(vec![0u8; 256 + 5]);
+    assert_eq!(opus_frame_sizes(&two_byte), Ok(vec![256, 5]));
+    // Code 3: count byte, padding, CBR or VBR.
+    assert_eq!(opus_frame_sizes(&[0x7b, 0x03, 1, 2, 3, 4, 5, 6]), Ok(vec![2, 2, 2]));
+    assert!(opus_frame_sizes(&[0x7b, 0x03, 1, 2, 3, 4]).unwrap_err().contains("R6"));
+    assert!(opus_frame_sizes(&[0x7b]).unwrap_err().contains("R6"));
+    assert!(opus_frame_sizes(&[0x7b, 0x00]).unwrap_err().contains("R5"));
+    assert!(opus_frame_sizes(&[0x7b, 0x07]).unwrap_err().contains("R5"), "7 × 20 ms is over 120 ms");
+    assert_eq!(opus_frame_sizes(&[0x7b, 0x82, 1, 7, 8, 9]), Ok(vec![1, 2]));
+    assert!(opus_frame_sizes(&[0x7b, 0x82, 5, 7, 8]).unwrap_err().contains("R7"));
+    // Padding: 2 bytes of padding after one 1-byte frame; 255 continues the length (254 + …).
+    assert_eq!(opus_frame_sizes(&[0x7b, 0x41, 2, 7, 0, 0]), Ok(vec![1]));
+    assert!(opus_frame_sizes(&[0x7b, 0x41, 5, 7, 0]).unwrap_err().contains("R7"));
+    let mut padded = vec![0x7b, 0x41, 255, 1];
+    padded.extend(vec![0u8; 3 + 255]);
+    assert_eq!(opus_frame_sizes(&padded), Ok(vec![3]));
+    assert!(opus_frame_sizes(&[0x7b, 0x41, 255]).unwrap_err().contains("R7"));
+}
