@@ -1,5 +1,7 @@
 //! Shared by the fuzz targets (fuzz_targets/) and the helper programs (examples/).
 
+pub mod opus_diff;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::Mutex;
