@@ -20,7 +20,7 @@ fn main() {
                 }
                 Outcome::Concealed { .. } => concealed += 1,
                 Outcome::Malformed => malformed += 1,
-                Outcome::Diverged(why) => diverged.push(format!("packet {i}: {why}")),
+                Outcome::Diverged(kind, why) => diverged.push(format!("packet {i}: {kind:?}: {why}")),
             }
         }
         worst = worst.max(max_diff);

@@ -95,7 +95,26 @@ pub enum Outcome {
     /// Decoded by both, the same number of samples; the largest difference.
     Decoded { samples: usize, max_diff: f32 },
     /// A divergence: which rule of the module docs, and how.
-    Diverged(String),
+    Diverged(Divergence, String),
+}
+
+/// The kinds of divergence. The `opus_diff` target aborts on all but [`Divergence::Value`]
+/// and [`Divergence::Panic`], which it notes (by mode and size) and goes on: a decoded sample
+/// off libopus's is a quality question, a contained opus-rs panic the server survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divergence {
+    /// Our structure verdict or frame sizes differ from libopus's.
+    Structure,
+    /// Different sample counts.
+    Count,
+    /// A valid packet refused by one side or both.
+    Refusal,
+    /// opus-rs panicked on a valid packet (contained by `catch_unwind`, as in the server).
+    Panic,
+    /// A decoded sample further than [`TOLERANCE`] from libopus's.
+    Value,
+    /// opus-rs decoded a non-finite sample.
+    NonFinite,
 }
 
 /// Both decoders on one stream.
@@ -124,7 +143,7 @@ impl Pair {
             match (opus_frame_sizes(packet), libopus_frame_sizes(packet)) {
                 (Err(_), Err(_)) => return Outcome::Malformed,
                 (Ok(a), Ok(b)) if a == b => concealed = a.contains(&0),
-                (a, b) => return Outcome::Diverged(format!("structure: ours {a:?}, libopus {b:?}")),
+                (a, b) => return Outcome::Diverged(Divergence::Structure, format!("ours {a:?}, libopus {b:?}")),
             }
         }
         let ours = {
@@ -136,25 +155,40 @@ impl Pair {
         };
         let reference = self.reference.decode(packet, &mut self.b, self.channels);
         let outcome = match (ours, reference) {
-            (Ok(n), Ok(m)) if n != m => Outcome::Diverged(format!("opus-rs {n} samples, libopus {m}")),
-            (Ok(n), Ok(_)) if concealed => Outcome::Concealed { samples: n },
+            (Ok(n), Ok(m)) if n != m => Outcome::Diverged(Divergence::Count, format!("opus-rs {n} samples, libopus {m}")),
             (Ok(n), Ok(_)) => {
                 let c = self.channels;
                 let diff = self.a[..n * c].iter().zip(&self.b[..n * c]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                let finite = self.a[..n * c].iter().all(|x| x.is_finite());
-                if diff > TOLERANCE || !finite {
-                    Outcome::Diverged(format!("{n} samples, max |diff| {diff:e}, all finite: {finite}"))
+                if !self.a[..n * c].iter().all(|x| x.is_finite()) {
+                    Outcome::Diverged(Divergence::NonFinite, format!("{n} samples"))
+                } else if concealed {
+                    Outcome::Concealed { samples: n }
+                } else if diff > TOLERANCE {
+                    Outcome::Diverged(Divergence::Value, format!("{n} samples, max |diff| {diff:e}"))
                 } else {
                     Outcome::Decoded { samples: n, max_diff: diff }
                 }
             }
-            (Err(e), Ok(m)) => Outcome::Diverged(format!("opus-rs refused a valid packet ({e}), libopus decoded {m} samples")),
-            (Ok(n), Err(code)) => Outcome::Diverged(format!("libopus refused a valid packet ({code}), opus-rs decoded {n}")),
-            (Err(e), Err(code)) => Outcome::Diverged(format!("both refused a valid packet: opus-rs {e}, libopus {code}")),
+            (Err(e), Ok(_)) if e == "panicked" => Outcome::Diverged(Divergence::Panic, "opus-rs panicked, libopus decoded".into()),
+            (Err(e), Ok(m)) => Outcome::Diverged(Divergence::Refusal, format!("opus-rs refused a valid packet ({e}), libopus decoded {m} samples")),
+            (Ok(n), Err(code)) => Outcome::Diverged(Divergence::Refusal, format!("libopus refused a valid packet ({code}), opus-rs decoded {n}")),
+            (Err(e), Err(code)) => Outcome::Diverged(Divergence::Refusal, format!("both refused a valid packet: opus-rs {e}, libopus {code}")),
         };
-        if concealed {
+        // After a concealment or a divergence, both start afresh: the next packet is compared
+        // from equal states.
+        if concealed || matches!(outcome, Outcome::Diverged(..)) {
             *self = Self::new(self.channels);
         }
         outcome
+    }
+}
+
+/// The mode of a packet from its TOC (RFC 6716 §3.1), for notes.
+pub fn mode(packet: &[u8]) -> &'static str {
+    match packet.first().map(|t| t >> 3) {
+        None => "lost",
+        Some(0..=11) => "silk",
+        Some(12..=15) => "hybrid",
+        Some(_) => "celt",
     }
 }

@@ -429,3 +429,43 @@ async fn readiness_full_and_draining() {
     wait_active(&s, 0).await;
     s.shutdown().await;
 }
+
+/// F3: a client that never reads was noticed after ~506 s with a 4 KiB receive buffer, and never
+/// with the default one. Over a real socket with a 4 KiB receive buffer, sending audio in real time
+/// and never reading: the server's capped send buffer (`listen::SEND_BUFFER`) fills, a send
+/// outlasts `send_timeout_s`, and the conversation is closed and its slot freed, in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_over_a_real_socket() {
+    let s = server(ServerConfig { send_timeout_s: 2.0, max_conversations: 1, ..ServerConfig::local_test() }).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr()).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/api/chat", s.addr()), stream).await.unwrap();
+    start_conversation(&mut ws).await;
+    let (mut tx, rx) = ws.split();
+    let t = Instant::now();
+    // Real-time audio (hello.wav over and over) until the server lets the conversation go.
+    let pages = common::client_pages(&common::hello());
+    let mut sent = 0usize;
+    'outer: loop {
+        for p in &pages {
+            if s.active() == 0 || t.elapsed() > Duration::from_secs(180) {
+                break 'outer;
+            }
+            // The server stops reading too once it has closed; a failed send ends the loop.
+            if tokio::time::timeout(Duration::from_secs(1), tx.send(audio_message(p))).await.map_or(true, |r| r.is_err()) {
+                break 'outer;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+    }
+    let took = t.elapsed();
+    wait_active(&s, 0).await;
+    eprintln!("a client that never reads: closed after {took:?} ({sent} pages sent)");
+    assert!(took < Duration::from_secs(120), "still open after {took:?}");
+    assert_eq!(s.metrics().errors.with_label_values(&["send_timeout"]).get(), 1);
+    drop(rx);
+    s.shutdown().await;
+}
