@@ -13,7 +13,8 @@
 //!    it chooses), and opus-rs's differs from libopus's: only the sample counts must agree, and
 //!    both decoders start afresh after it so that the next packets are compared from equal state.
 //! 3. **Decoding**: every other packet must be decoded by both (neither refuses, opus-rs does not
-//!    panic), to the same number of samples, every sample within [`TOLERANCE`] of libopus's.
+//!    panic), to the same number of samples, every sample within [`TOLERANCE`] of libopus's once
+//!    both are clipped to full scale (what the server hands on).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -158,13 +159,19 @@ impl Pair {
             (Ok(n), Ok(m)) if n != m => Outcome::Diverged(Divergence::Count, format!("opus-rs {n} samples, libopus {m}")),
             (Ok(n), Ok(_)) => {
                 let c = self.channels;
-                let diff = self.a[..n * c].iter().zip(&self.b[..n * c]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                // Compared at full scale, as the server hands audio on (`OpusPacketDecoder` clips
+                // to [-1, 1], as libopus's 16-bit output does): on hostile packets libopus's float
+                // output reaches 8e6 where opus-rs's stays within ±1 (`opus_diff-unclamped/`).
+                let full = |x: f32| x.clamp(-1.0, 1.0);
+                let diff = self.a[..n * c].iter().zip(&self.b[..n * c]).map(|(x, y)| (full(*x) - full(*y)).abs()).fold(0f32, f32::max);
                 if !self.a[..n * c].iter().all(|x| x.is_finite()) {
                     Outcome::Diverged(Divergence::NonFinite, format!("{n} samples"))
                 } else if concealed {
                     Outcome::Concealed { samples: n }
                 } else if diff > TOLERANCE {
-                    Outcome::Diverged(Divergence::Value, format!("{n} samples, max |diff| {diff:e}"))
+                    let peak = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let (pa, pb) = (peak(&self.a[..n * c]), peak(&self.b[..n * c]));
+                    Outcome::Diverged(Divergence::Value, format!("{n} samples, peaks opus-rs {pa:e} libopus {pb:e}, max |diff| at full scale {diff:e}"))
                 } else {
                     Outcome::Decoded { samples: n, max_diff: diff }
                 }

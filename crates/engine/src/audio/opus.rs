@@ -304,9 +304,11 @@ impl OpusPacketDecoder {
             }
         };
         let out = &mut self.pcm[..n * self.channels];
-        if self.gain != 1.0 {
-            out.iter_mut().for_each(|x| *x *= self.gain);
-        }
+        // Full scale at most: on hostile packets opus-rs has decoded samples of 8e6 where libopus
+        // stays near full scale (docs/fuzzing.md, `opus_diff`); whatever a packet holds, the
+        // model gets audio in [-1, 1] (NaN as silence), as from libopus's 16-bit output.
+        let gain = self.gain;
+        out.iter_mut().for_each(|x| *x = if x.is_nan() { 0.0 } else { (*x * gain).clamp(-1.0, 1.0) });
         Ok(out)
     }
 

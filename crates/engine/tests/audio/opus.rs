@@ -112,9 +112,11 @@ fn output_gain_scales_the_same_packets() {
     let loud = decode_bytes(ogg_opus(&packets, &Layout { output_gain: 6 * 256, ..l.clone() }), None).unwrap();
     let g = 10f32.powf(6.0 / 20.0);
     assert_eq!(plain.samples.len(), loud.samples.len());
+    // +6 dB on a 0.5 sine reaches full scale: the decoder clips there.
     for (p, q) in plain.samples.iter().zip(&loud.samples) {
-        assert!((p * g - q).abs() <= 1e-6 * g, "{p} * {g} != {q}");
+        assert!(((p * g).clamp(-1.0, 1.0) - q).abs() <= 1e-6 * g, "{p} * {g} != {q}");
     }
+    assert!(loud.samples.iter().any(|&q| q.abs() == 1.0), "some samples reach full scale");
 }
 
 #[test]
@@ -329,4 +331,36 @@ fn opus_frame_sizes_follow_rfc_6716() {
     padded.extend(vec![0u8; 3 + 255]);
     assert_eq!(opus_frame_sizes(&padded), Ok(vec![3]));
     assert!(opus_frame_sizes(&[0x7b, 0x41, 255]).unwrap_err().contains("R7"));
+}
+
+/// Packets found by the `opus_diff` fuzz target (fuzz/regressions/opus_diff-value-celt-1e6,
+/// `OpusCase` format: a flags byte, bit 0 stereo, then length-prefixed packets): opus-rs decodes
+/// the third to samples of 8e6 where libopus stays near full scale. The decoder hands on full
+/// scale at most.
+#[test]
+fn hostile_packets_decode_to_full_scale_at_most() {
+    let data = std::fs::read(data("opus_diff_celt_overshoot.bin")).unwrap();
+    let (stereo, mut rest) = (data[0] & 1 != 0, &data[1..]);
+    let mut packets = Vec::new();
+    while let Some((&l, more)) = rest.split_first() {
+        let (len, more) = if l < 0xf0 { (l as usize, more) } else { ((((l & 0x0f) as usize) << 8) | more[0] as usize, &more[1..]) };
+        let (p, more) = more.split_at(len.min(more.len()));
+        packets.push(p.to_vec());
+        rest = more;
+    }
+    assert_eq!(packets.len(), 4);
+    let head = OpusHead { version: 1, channels: if stereo { 2 } else { 1 }, pre_skip: 0, input_rate: 48_000, output_gain: 0, mapping_family: 0 };
+    // In order, and each packet from a fresh decoder (as the fuzz target had it after a reset).
+    let mut dec = OpusPacketDecoder::new(&head);
+    let mut peak = 0f32;
+    for p in &packets {
+        if let Ok(pcm) = dec.decode(p) {
+            peak = pcm.iter().fold(peak, |m, x| m.max(x.abs()));
+        }
+        if let Ok(pcm) = OpusPacketDecoder::new(&head).decode(p) {
+            peak = pcm.iter().fold(peak, |m, x| m.max(x.abs()));
+        }
+    }
+    assert!(peak <= 1.0, "peak {peak}");
+    assert!(peak > 0.5, "the case must still reach full scale ({peak})");
 }
