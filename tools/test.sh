@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command (and what .ci/run runs): sets up what the tests need, then runs every
 # test of the workspace. Needs a Rust toolchain and a C compiler; the browser tests of the web page
-# need Debian's Chromium and Firefox ESR, and the load-balancer test Debian's HAProxy, installed here
-# when missing (as root, or through sudo).
+# need Debian's Chromium and Firefox ESR, the load-balancer test Debian's HAProxy, and the libopus
+# build (the one we ship) CMake, installed here when missing (as root, or through sudo).
 #
 # The tests build in the release profile, so they reuse what the README's first command
 # (`cargo run --release …`) already compiled instead of building every dependency a second time.
@@ -23,6 +23,9 @@ fi
 if [ "${MOSHI_SKIP_HAPROXY_TEST:-0}" != 1 ]; then
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 fi
+# The tests run the build we ship: Opus input decoded by libopus (feature `libopus`), which
+# opusic-sys builds from source with CMake.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO=none; fi
   if [ "$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -38,9 +41,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     case $pkg in
       chromium) $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null ;;
       haproxy) $SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null ;;
+      cmake) $SUDO apt-get install -y -qq --no-install-recommends cmake >/dev/null ;;
       *) $SUDO apt-get install -y -qq "$pkg" >/dev/null ;;
     esac
   done
 fi
 
-cargo test --workspace --locked --release
+cargo test --workspace --locked --release --features moshi-rs/libopus

@@ -102,6 +102,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device = crate::model::device(args.runtime.device)?;
     let loaded = args.source.load_with(&args.runtime.load_options(), &device)?;
     eprintln!("model: {}", loaded.identity);
+    if moshi_engine::audio::opus_backend::decoder_name() != "libopus" {
+        eprintln!(
+            "warning: built without libopus: client audio is decoded by opus-rs, which decodes some Opus \
+             configurations differently from libopus (docs/fuzzing.md); build with `--features libopus` (needs CMake)"
+        );
+    }
     let defaults = args.sampling.gen_config(loaded.moshi.lm.config().default_sampling());
     let cfg = ServerConfig {
         host: args.host,

@@ -28,6 +28,7 @@ mod decode;
 mod ogg_opus;
 pub mod ogg_stream;
 pub mod opus;
+pub mod opus_backend;
 mod resample;
 mod write;
 

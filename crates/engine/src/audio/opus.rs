@@ -243,7 +243,7 @@ pub enum OpusPacketError {
 /// An empty packet is a lost one: the decoder conceals [`MAX_PACKET_SAMPLES`] in its place (as
 /// libopus does for a lost packet of that length).
 pub struct OpusPacketDecoder {
-    decoder: opus_rs::OpusDecoder,
+    decoder: super::opus_backend::Decoder,
     channels: usize,
     gain: f32,
     pcm: Vec<f32>,
@@ -263,8 +263,8 @@ impl OpusPacketDecoder {
         }
     }
 
-    fn fresh(channels: usize) -> opus_rs::OpusDecoder {
-        opus_rs::OpusDecoder::new(DECODE_RATE as i32, channels).expect("24 kHz mono or stereo is a valid Opus decoder")
+    fn fresh(channels: usize) -> super::opus_backend::Decoder {
+        super::opus_backend::Decoder::new(DECODE_RATE, channels).expect("24 kHz mono or stereo is a valid Opus decoder")
     }
 
     /// Output channels (1 or 2).
@@ -282,7 +282,8 @@ impl OpusPacketDecoder {
         }
         let decoder = &mut self.decoder;
         let pcm = &mut self.pcm;
-        let result = catch_unwind(AssertUnwindSafe(|| decoder.decode(packet, MAX_PACKET_SAMPLES, pcm)));
+        let channels = self.channels;
+        let result = catch_unwind(AssertUnwindSafe(|| decoder.decode(packet, MAX_PACKET_SAMPLES, pcm, channels)));
         let n = match result {
             Ok(Ok(n)) if n <= MAX_PACKET_SAMPLES => n,
             Ok(Ok(n)) => {

@@ -364,3 +364,47 @@ fn hostile_packets_decode_to_full_scale_at_most() {
     assert!(peak <= 1.0, "peak {peak}");
     assert!(peak > 0.5, "the case must still reach full scale ({peak})");
 }
+
+/// With `libopus`, client audio is decoded by libopus itself: a stream libopus encodes at 48 kHz,
+/// VoIP, 10 ms frames at 8 kbit/s (where opus-rs's decoder differs from libopus's by up to full
+/// scale: docs/fuzzing.md) decodes through `OpusPacketDecoder` exactly as through libopus.
+#[cfg(feature = "libopus")]
+#[test]
+fn libopus_streams_decode_as_libopus_does() {
+    use opusic_sys as sys;
+    let (rate, frame) = (48_000usize, 480usize);
+    let x: Vec<f32> = (0..rate).map(|i| 0.5 * (2.0 * std::f32::consts::PI * (200.0 + 3000.0 * i as f32 / rate as f32) * i as f32 / rate as f32).sin()).collect();
+    let mut err = 0;
+    // SAFETY: plain libopus calls on live objects with buffers of the sizes passed.
+    let (enc, reference) = unsafe {
+        let enc = sys::opus_encoder_create(rate as i32, 1, sys::OPUS_APPLICATION_VOIP, &mut err);
+        assert_eq!(err, 0);
+        sys::opus_encoder_ctl(enc, sys::OPUS_SET_BITRATE_REQUEST, 8000i32);
+        (enc, sys::opus_decoder_create(24_000, 1, &mut err))
+    };
+    let head = OpusHead { version: 1, channels: 1, pre_skip: 0, input_rate: 48_000, output_gain: 0, mapping_family: 0 };
+    let mut ours = OpusPacketDecoder::new(&head);
+    let mut packet = vec![0u8; 1500];
+    let mut compared = 0;
+    for f in x.chunks_exact(frame) {
+        // SAFETY: as above.
+        let n = unsafe { sys::opus_encode_float(enc, f.as_ptr(), frame as i32, packet.as_mut_ptr(), 1500) };
+        assert!(n > 0);
+        let p = &packet[..n as usize];
+        let mut want = vec![0f32; 2880];
+        // SAFETY: as above.
+        let m = unsafe { sys::opus_decode_float(reference, p.as_ptr(), p.len() as i32, want.as_mut_ptr(), 2880, 0) };
+        let got = ours.decode(p).unwrap();
+        assert_eq!(got.len(), m as usize);
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!(*a, b.clamp(-1.0, 1.0));
+        }
+        compared += got.len();
+    }
+    assert_eq!(compared, 24_000);
+    // SAFETY: created above, destroyed once.
+    unsafe {
+        sys::opus_encoder_destroy(enc);
+        sys::opus_decoder_destroy(reference);
+    }
+}
