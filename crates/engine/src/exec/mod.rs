@@ -7,7 +7,7 @@
 //! | op | CPU | CUDA | Metal |
 //! |---|---|---|---|
 //! | `linear` | ≤ 8 rows, f32/bf16: our weight-streaming kernel; else Candle's matmul | Candle | Candle |
-//! | `linear_q8` (8-bit weights, `quant`) | Candle's Q8_0 product | ≤ 24 rows: our `q8_matvec`; more: our dequantization + Candle's GEMM | Candle, via f32 |
+//! | `linear_q8` (8-bit weights, `quant`) | Candle's Q8_0 product | ≤ 16 rows: our `q8_matvec`; more: our dequantization + Candle's GEMM | Candle, via f32 |
 //! | `conv1d` | f32, ≤ 8 output steps a call: our unfold + `linear`; else Candle's conv1d | Candle | Candle |
 //! | `conv_tr_taps` | one `linear` (depthwise: a broadcast product) | same | same |
 //! | `rms_norm` | op by op in f32 | Candle's fused kernel | Candle's fused kernel |

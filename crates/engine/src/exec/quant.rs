@@ -6,7 +6,7 @@
 //! | device | layout | kernel |
 //! |---|---|---|
 //! | CPU | Candle's Q8_0 blocks | Candle's Q8_0 product (`QMatMul`): the activations are quantized to Q8_0 blocks too and the dot products run on bytes (ggml's scheme) |
-//! | CUDA | [`PackedQ8`]: the same values re-packed into int8 [N, K] and f16 scales [N, K/32] (16-byte aligned rows, same 1.0625 bytes a weight) | ≤ 24 rows: our `q8_matvec`, one pass over the weights per 8 rows (bf16 or f32 activations as they are, f32 sums, each weight byte read once); more rows: our dequantization to the activations' dtype, then Candle's GEMM |
+//! | CUDA | [`PackedQ8`]: the same values re-packed into int8 [N, K] and f16 scales [N, K/32] (16-byte aligned rows, same 1.0625 bytes a weight) | ≤ 16 rows: our `q8_matvec`, one pass over the weights per 8 rows (bf16 or f32 activations as they are, f32 sums, each weight byte read once); more rows: our dequantization to the activations' dtype, then Candle's GEMM |
 //! | Metal | Candle's Q8_0 blocks | Candle's `QMatMul` (built, not run here) |
 //!
 //! Why our own CUDA kernel: measured on the H200 (docs/benchmarks.md, 2026-12-04), Candle's MMVQ
@@ -252,7 +252,7 @@ pub fn linear_q8(x: &Tensor, w: &QWeight) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Our CUDA path: ≤ 24 rows through `q8_matvec` (per 8 rows), more through the dequantized weight and
+/// Our CUDA path: ≤ 16 rows through `q8_matvec` (per 8 rows), more through the dequantized weight and
 /// Candle's GEMM (at that many rows the product is no longer a read of the weight).
 #[cfg(feature = "cuda")]
 fn packed_cuda(x: &Tensor, w: &PackedQ8, n: usize) -> candle_core::Result<Tensor> {

@@ -1,7 +1,7 @@
 //! `verify ops` cases of the 8-bit weight product (`exec::linear_q8`). The weight is quantized to
 //! Q8_0 on the CPU, so both sides multiply by the same 8-bit values; the reference is their exact
 //! product in f32 (x · dequantized Wᵀ on the CPU), the device side the seam's kernel for that
-//! device (on CUDA our `q8_matvec` for ≤ 24 rows, dequantization + GEMM above; on the CPU and
+//! device (on CUDA our `q8_matvec` for ≤ 16 rows, dequantization + GEMM above; on the CPU and
 //! Metal Candle's Q8_0 product). The `linear_q8_candle` cases run Candle's product on every
 //! device, for comparison on CUDA.
 //!
@@ -70,7 +70,7 @@ pub(super) fn cases() -> Vec<Case> {
         case(ours, "8 rows, [96, 2048]", |e| product(e, (96, 2048), 8, Contiguous, false)),
         case(ours, "2 rows, transposed input", |e| product(e, (96, 256), 2, Transposed, false)),
         case(ours, "2 rows, unaligned input", |e| product(e, (96, 256), 2, Offset, false)),
-        // 9 to 24 rows: the kernel per 8 rows; above, the dequantized weight and a GEMM.
+        // 9 to 16 rows: the kernel per 8 rows; above (20, 40), the dequantized weight and a GEMM.
         case(ours, "9 rows, [130, 256]", |e| product(e, (130, 256), 9, Contiguous, false)),
         case(ours, "20 rows, unaligned input", |e| product(e, (96, 512), 20, Offset, false)),
         case(ours, "40 rows, transposed input", |e| product(e, (64, 1024), 40, Transposed, false)),

@@ -7,10 +7,10 @@
 // dtype. Unlike Candle's MMVQ, the activations are not quantized.
 //
 // - q8_matvec_{bf16,f32}_m{1..8}: M ≤ 8 rows (batch-1 decode, the depformer): one pass over the
-//   weight bytes for all M rows (the host launches it per 8 rows up to 24). A block of Q8_THREADS threads owns R consecutive output rows;
+//   weight bytes for all M rows (the host launches it per 8 rows up to 16). A block of Q8_THREADS threads owns R consecutive output rows;
 //   each thread reads 16 weight bytes per row (one 16-byte load) at k = 16·tid, 16·(tid + T), …,
 //   multiplies them with the M activation rows, and the block reduces in shared memory.
-// - q8_dequantize_{bf16,f32}: W as floats (for M > 24, where a GEMM on the dequantized weight
+// - q8_dequantize_{bf16,f32}: W as floats (for M > 16, where a GEMM on the dequantized weight
 //   takes over; exec/quant.rs).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

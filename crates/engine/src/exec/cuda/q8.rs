@@ -16,10 +16,12 @@ const THREADS: u32 = 128;
 const ROWS: usize = 4;
 /// The kernels' largest M: `matvec` launches one per this many rows.
 pub const MATVEC_MAX_ROWS: usize = 8;
-/// Up to this many rows `linear_q8` runs `matvec` (3 passes over the weights); above, the
-/// dequantized weight and a GEMM (measured on the H200: at 16 rows `matvec` twice is ≈ 40 µs for
-/// the 7B's QKV against ≈ 70 for dequantization + GEMM; at 128 rows the GEMM is far ahead).
-pub const MATVEC_ROWS_UP_TO: usize = 24;
+/// Up to this many rows `linear_q8` runs `matvec` (2 passes over the weights); above, the
+/// dequantized weight and a GEMM. Measured on the H200 for the 7B's QKV (`lm bench-linear`,
+/// docs/data/h200-2026-12-04b): 1 row 20 µs, 4 rows 31, 16 rows (two 8-row passes) 99, and
+/// dequantization + GEMM 98 µs at 128 rows (cuBLAS alone takes 30–31 µs from 1 to 128 rows, so
+/// about that at 16 too): up to 16 rows the passes are no slower.
+pub const MATVEC_ROWS_UP_TO: usize = 16;
 
 fn dtype_name(d: DType) -> Result<&'static str> {
     match d {
