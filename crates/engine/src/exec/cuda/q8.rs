@@ -18,9 +18,9 @@ const ROWS: usize = 4;
 pub const MATVEC_MAX_ROWS: usize = 8;
 /// Up to this many rows `linear_q8` runs `matvec` (2 passes over the weights); above, the
 /// dequantized weight and a GEMM. Measured on the H200 for the 7B's QKV (`lm bench-linear`,
-/// docs/data/h200-2026-12-04b): 1 row 20 µs, 4 rows 31, 16 rows (two 8-row passes) 99, and
-/// dequantization + GEMM 98 µs at 128 rows (cuBLAS alone takes 30–31 µs from 1 to 128 rows, so
-/// about that at 16 too): up to 16 rows the passes are no slower.
+/// docs/data/h200-2026-12-04b): 1 row 20 µs, 9 rows 68.5, 16 rows (two 8-row passes) 98.2; 17
+/// rows (dequantization + GEMM) 91.5, 128 rows 98. Between 9 and 64 rows Candle's MMQ (55 µs on
+/// its own Q8_0 layout, which we do not hold on CUDA) is faster than either: left for later.
 pub const MATVEC_ROWS_UP_TO: usize = 16;
 
 fn dtype_name(d: DType) -> Result<&'static str> {
