@@ -31,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "tools/test.sh: the tests need ${missing[*]}, which cannot be installed here" >&2
     echo "  (no apt-get, or neither root nor sudo). Install them, or set MOSHI_SKIP_BROWSER_TEST=1 (browsers)" >&2
-    echo "  or MOSHI_SKIP_HAPROXY_TEST=1 (haproxy) to skip those tests." >&2
+    echo "  or MOSHI_SKIP_HAPROXY_TEST=1 (haproxy) to skip those tests; CMake (for libopus) has no skip." >&2
     exit 2
   fi
   echo "tools/test.sh: installing ${missing[*]} for the browser and load-balancer tests" >&2

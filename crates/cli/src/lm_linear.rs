@@ -7,10 +7,9 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
 use moshi_engine::exec::{linear_q8, quantize_q8, QWeight};
 use moshi_engine::lm::LmConfig;
-use candle_core::Module;
 use moshi_engine::nn::Linear;
 
 use crate::stats::{percentile, round3};
