@@ -17,7 +17,6 @@
 #include <stdint.h>
 
 #define Q8_THREADS 128
-#define Q8_R 4
 
 template <typename T> struct X16;
 template <> struct X16<__nv_bfloat16> {
@@ -64,7 +63,7 @@ __device__ __forceinline__ void widen16(const uint4 u, float* w) {
         for (int b = 0; b < 4; b++) w[4 * j + b] = __int_as_float(__byte_perm(v[j], 0x4B000000u, 0x7440 + b)) - 8388736.f;
 }
 
-template <typename TX, int M>
+template <typename TX, int M, int Q8_R>
 __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restrict__ d, const TX* __restrict__ x,
                           TX* __restrict__ y, int N, int K) {
     __shared__ float red[Q8_THREADS / 32][M * Q8_R];
@@ -85,17 +84,19 @@ __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restric
             raw[r] = __ldg(reinterpret_cast<const uint4*>(qs + (size_t)n * K + k));
             s[r] = __half2float(d[(size_t)n * nb + k / 32]);
         }
+        // The weights widened once, then used by every activation row.
+        float w[Q8_R][16];
+#pragma unroll
+        for (int r = 0; r < Q8_R; r++) widen16(raw[r], w[r]);
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float xf[16];
             X16<TX>::load(x + (size_t)m * K + k, xf);
 #pragma unroll
             for (int r = 0; r < Q8_R; r++) {
-                float w[16];
-                widen16(raw[r], w);
                 float dot = 0.f;
 #pragma unroll
-                for (int i = 0; i < 16; i++) dot = fmaf(w[i], xf[i], dot);
+                for (int i = 0; i < 16; i++) dot = fmaf(w[r][i], xf[i], dot);
                 acc[m][r] = fmaf(s[r], dot, acc[m][r]);
             }
         }
@@ -125,7 +126,11 @@ __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restric
 #define Q8_MATVEC(TX, NAME, M)                                                                                 \
     extern "C" __global__ void __launch_bounds__(Q8_THREADS) q8_matvec_##NAME##_m##M(                          \
         const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
-        q8_matvec<TX, M>(qs, d, x, y, N, K);                                                                   \
+        q8_matvec<TX, M, 4>(qs, d, x, y, N, K);                                                                \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(Q8_THREADS) q8_matvec_r2_##NAME##_m##M(                       \
+        const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
+        q8_matvec<TX, M, 2>(qs, d, x, y, N, K);                                                                \
     }
 #define Q8_MATVEC_ALL(TX, NAME)                                                                                \
     Q8_MATVEC(TX, NAME, 1) Q8_MATVEC(TX, NAME, 2) Q8_MATVEC(TX, NAME, 3) Q8_MATVEC(TX, NAME, 4)                 \

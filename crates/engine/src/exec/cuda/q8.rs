@@ -57,13 +57,16 @@ pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
     for m0 in (0..m).step_by(MATVEC_MAX_ROWS) {
         let rows = (m - m0).min(MATVEC_MAX_ROWS);
         let (xs, ys) = (xp + (m0 * k * size) as u64, yp + (m0 * n * size) as u64);
-        let f = dev.get_or_load_custom_func(&format!("q8_matvec_{name}_m{rows}"), MODULE, PTX)?;
+        // Under measurement: MOSHI_Q8_R2=1 takes 2 output rows per block from 2 activation rows.
+        let r2 = rows >= 2 && std::env::var_os("MOSHI_Q8_R2").is_some();
+        let (func, per_block) = if r2 { (format!("q8_matvec_r2_{name}_m{rows}"), 2) } else { (format!("q8_matvec_{name}_m{rows}"), ROWS) };
+        let f = dev.get_or_load_custom_func(&func, MODULE, PTX)?;
         let mut l = f.builder();
         l.arg(&qp).arg(&dp).arg(&xs).arg(&ys).arg(&ni).arg(&ki);
         // SAFETY: the arguments match the kernel's signature; qs holds N·K bytes, d N·K/32
         // scales, x from row m0 holds `rows`·K values from a 16-byte aligned start (K % 32 == 0
         // is PackedQ8's invariant) and y from row m0 `rows`·N.
-        unsafe { l.launch(launch_cfg((n.div_ceil(ROWS) as u32, 1), THREADS)) }.map_err(candle_core::Error::wrap)?;
+        unsafe { l.launch(launch_cfg((n.div_ceil(per_block) as u32, 1), THREADS)) }.map_err(candle_core::Error::wrap)?;
     }
     Ok(y)
 }
