@@ -7,7 +7,8 @@
 // dtype. Unlike Candle's MMVQ, the activations are not quantized.
 //
 // - q8_matvec_{bf16,f32}_m{1..8}: M ≤ 8 rows (batch-1 decode, the depformer): one pass over the
-//   weight bytes for all M rows (the host launches it per 8 rows up to 16). A block of Q8_THREADS threads owns R consecutive output rows;
+//   weight bytes for all M rows (the host launches it per 8 rows up to 16). A block of Q8_THREADS threads owns R consecutive output rows
+//   (4; 2 for M = 2, `q8_matvec_r2_*_m2`: measured faster there, slower at 4 and 8 rows);
 //   each thread reads 16 weight bytes per row (one 16-byte load) at k = 16·tid, 16·(tid + T), …,
 //   multiplies them with the M activation rows, and the block reduces in shared memory.
 // - q8_dequantize_{bf16,f32}: W as floats (for M > 16, where a GEMM on the dequantized weight
@@ -127,14 +128,14 @@ __device__ void q8_matvec(const int8_t* __restrict__ qs, const __half* __restric
     extern "C" __global__ void __launch_bounds__(Q8_THREADS) q8_matvec_##NAME##_m##M(                          \
         const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
         q8_matvec<TX, M, 4>(qs, d, x, y, N, K);                                                                \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(Q8_THREADS) q8_matvec_r2_##NAME##_m##M(                       \
-        const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
-        q8_matvec<TX, M, 2>(qs, d, x, y, N, K);                                                                \
     }
 #define Q8_MATVEC_ALL(TX, NAME)                                                                                \
     Q8_MATVEC(TX, NAME, 1) Q8_MATVEC(TX, NAME, 2) Q8_MATVEC(TX, NAME, 3) Q8_MATVEC(TX, NAME, 4)                 \
-    Q8_MATVEC(TX, NAME, 5) Q8_MATVEC(TX, NAME, 6) Q8_MATVEC(TX, NAME, 7) Q8_MATVEC(TX, NAME, 8)
+    Q8_MATVEC(TX, NAME, 5) Q8_MATVEC(TX, NAME, 6) Q8_MATVEC(TX, NAME, 7) Q8_MATVEC(TX, NAME, 8)                 \
+    extern "C" __global__ void __launch_bounds__(Q8_THREADS) q8_matvec_r2_##NAME##_m2(                         \
+        const int8_t* qs, const __half* d, const TX* x, TX* y, int N, int K) {                                 \
+        q8_matvec<TX, 2, 2>(qs, d, x, y, N, K);                                                                \
+    }
 Q8_MATVEC_ALL(__nv_bfloat16, bf16)
 Q8_MATVEC_ALL(float, f32)
 

@@ -57,9 +57,9 @@ pub fn matvec(x: &Tensor, w: &PackedQ8) -> Result<Tensor> {
     for m0 in (0..m).step_by(MATVEC_MAX_ROWS) {
         let rows = (m - m0).min(MATVEC_MAX_ROWS);
         let (xs, ys) = (xp + (m0 * k * size) as u64, yp + (m0 * n * size) as u64);
-        // Under measurement: MOSHI_Q8_R2=1 takes 2 output rows per block from 2 activation rows.
-        let r2 = rows >= 2 && std::env::var_os("MOSHI_Q8_R2").is_some();
-        let (func, per_block) = if r2 { (format!("q8_matvec_r2_{name}_m{rows}"), 2) } else { (format!("q8_matvec_{name}_m{rows}"), ROWS) };
+        // Two activation rows: 2 output rows per block (H200, 7B QKV: 24.4 µs against 28.0 with
+        // 4; at 4 and 8 rows 4 per block is ahead: docs/data/h200-2026-12-04b, call 11).
+        let (func, per_block) = if rows == 2 { (format!("q8_matvec_r2_{name}_m2"), 2) } else { (format!("q8_matvec_{name}_m{rows}"), ROWS) };
         let f = dev.get_or_load_custom_func(&func, MODULE, PTX)?;
         let mut l = f.builder();
         l.arg(&qp).arg(&dp).arg(&xs).arg(&ys).arg(&ni).arg(&ki);
