@@ -15,9 +15,9 @@ fuzz_target!(init: install_panic_hook(), |data: &[u8]| {
     let mut pair = Pair::new(if case.flags & 1 != 0 { 2 } else { 1 });
     for (i, p) in case.packets.iter().enumerate() {
         match pair.decode(p) {
-            Outcome::Diverged(Divergence::Value, why) => {
+            Outcome::Diverged(Divergence::Value { diff }, why) => {
                 // The size class: the power of ten of the largest difference.
-                let exp = why.rsplit('e').next().and_then(|e| e.parse::<i32>().ok()).unwrap_or(0);
+                let exp = diff.log10().floor() as i32;
                 note("opus_diff", &format!("value-{}-1e{exp}", mode(p)), data, &format!("packet {i}: {why}"));
             }
             Outcome::Diverged(Divergence::Panic, why) => {

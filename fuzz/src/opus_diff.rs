@@ -102,7 +102,7 @@ pub enum Outcome {
 /// The kinds of divergence. The `opus_diff` target aborts on all but [`Divergence::Value`]
 /// and [`Divergence::Panic`], which it notes (by mode and size) and goes on: a decoded sample
 /// off libopus's is a quality question, a contained opus-rs panic the server survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Divergence {
     /// Our structure verdict or frame sizes differ from libopus's.
     Structure,
@@ -112,8 +112,8 @@ pub enum Divergence {
     Refusal,
     /// opus-rs panicked on a valid packet (contained by `catch_unwind`, as in the server).
     Panic,
-    /// A decoded sample further than [`TOLERANCE`] from libopus's.
-    Value,
+    /// A decoded sample further than [`TOLERANCE`] from libopus's (by `diff` at most).
+    Value { diff: f32 },
     /// opus-rs decoded a non-finite sample.
     NonFinite,
 }
@@ -171,7 +171,7 @@ impl Pair {
                 } else if diff > TOLERANCE {
                     let peak = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
                     let (pa, pb) = (peak(&self.a[..n * c]), peak(&self.b[..n * c]));
-                    Outcome::Diverged(Divergence::Value, format!("{n} samples, peaks opus-rs {pa:e} libopus {pb:e}, max |diff| at full scale {diff:e}"))
+                    Outcome::Diverged(Divergence::Value { diff }, format!("{n} samples, peaks opus-rs {pa:e} libopus {pb:e}, max |diff| at full scale {diff:e}"))
                 } else {
                     Outcome::Decoded { samples: n, max_diff: diff }
                 }

@@ -54,9 +54,9 @@ pub fn run(args: &BenchLinearArgs) -> anyhow::Result<()> {
     for (name, n, k) in shapes() {
         // Weights drawn on the device (fast), quantized on the host as at load.
         let w = Tensor::randn(0f32, 1.0 / (k as f32).sqrt(), (n, k), &dev)?;
-        let q = quantize_q8(&w, &Device::Cpu)?;
+        let q = quantize_q8(&w)?;
         let float = Linear::new(w.to_dtype(dtype)?)?;
-        let ours = QWeight::on(quantize_q8(&w, &Device::Cpu)?, &dev)?;
+        let ours = QWeight::on(quantize_q8(&w)?, &dev)?;
         let candle = QWeight::candle_on(q, &dev)?;
         for &m in &args.rows {
             let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?.to_dtype(dtype)?;

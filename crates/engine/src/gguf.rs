@@ -250,7 +250,7 @@ pub fn quantize_checkpoint(inputs: &[PathBuf], out: &Path) -> Result<QuantizeRep
         }
         let t = cut(piece, &cache.as_ref().expect("just filled").1)?;
         let qt = if crate::exec::is_q8_shape(t.dims()) {
-            crate::exec::quantize_q8(&t, &Device::Cpu)?
+            crate::exec::quantize_q8(&t)?
         } else {
             QTensor::quantize(&crate::exec::quant::owned_f32(&t)?, GgmlDType::F32)?
         };

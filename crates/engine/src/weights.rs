@@ -246,7 +246,7 @@ impl<'a> Weights<'a> {
     /// rows of a stacked tensor): 8-bit when quantizing at load and the shape allows.
     pub fn linear_of(&self, w: &Tensor) -> Result<crate::nn::Linear> {
         if !matches!(self.quant, Quant::None) && crate::exec::is_q8_shape(w.dims()) {
-            let q = crate::exec::quantize_q8(w, &Device::Cpu)?;
+            let q = crate::exec::quantize_q8(w)?;
             return Ok(crate::nn::Linear::q8(crate::exec::QWeight::on(q, self.vb.device())?));
         }
         Ok(crate::nn::Linear::new(w.to_device(self.vb.device())?.to_dtype(self.vb.dtype())?)?)
@@ -259,7 +259,7 @@ impl<'a> Weights<'a> {
         match self.quant {
             Quant::OnLoad if crate::exec::is_q8_shape(&shape) => {
                 let w = get_checked(&self.vb.clone().set_device(Device::Cpu).set_dtype(DType::F32), &shape, name)?;
-                let q = crate::exec::quantize_q8(&w, &Device::Cpu)?;
+                let q = crate::exec::quantize_q8(&w)?;
                 Ok(q.dequantize(&Device::Cpu)?.to_dtype(self.vb.dtype())?.to_device(self.vb.device())?)
             }
             _ => get_checked(self, &shape, name),

@@ -115,12 +115,6 @@ impl QWeight {
         Self::candle(QTensor::new(storage, qtensor.shape())?)
     }
 
-    /// From a Q8_0 tensor on its own device, in the layout the seam picks for that device.
-    pub fn new(qtensor: QTensor) -> candle_core::Result<Self> {
-        let device = qtensor.device();
-        Self::on(qtensor, &device)
-    }
-
     /// Candle's layout and product whatever the device (`verify ops` compares it with ours).
     pub fn candle(qtensor: QTensor) -> candle_core::Result<Self> {
         check_q8(&qtensor)?;
@@ -181,24 +175,20 @@ fn check_q8(q: &QTensor) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Quantize `w` (any float dtype, any device) to Q8_0 onto `device`. The blocks are computed on
-/// the CPU in f32 (Candle's reference quantizer), so the same values give the same bytes
-/// whatever the device and the dtype the model runs in. A block never spans two rows, so the
-/// rows are quantized in parallel, in groups of about a million values (quantizing the 7B at
-/// load was ≈ 100 s on one core).
-pub fn quantize_q8(w: &Tensor, device: &Device) -> candle_core::Result<QTensor> {
+/// Quantize `w` (any float dtype, any device) to Q8_0 blocks on the CPU, in f32 (Candle's
+/// reference quantizer), so the same values give the same bytes whatever the device and the
+/// dtype the model runs in; [`QWeight::on`] then lays them out for the device. A block never spans
+/// two rows, so the rows are quantized in parallel, in groups of about a million values
+/// (quantizing the 7B at load was ≈ 100 s on one core).
+pub fn quantize_q8(w: &Tensor) -> candle_core::Result<QTensor> {
     let f = owned_f32(w)?;
-    let q = match f.dims() {
+    match f.dims() {
         &[n, k] if n > 1 && k > 0 => {
             let v = f.flatten_all()?.to_vec1::<f32>()?;
             let bytes = quantize_rows(&v, k, (1 << 20) / k)?;
-            QTensor::new(candle_core::quantized::QStorage::from_data(bytes.into(), &Device::Cpu, GgmlDType::Q8_0)?, (n, k))?
+            QTensor::new(candle_core::quantized::QStorage::from_data(bytes.into(), &Device::Cpu, GgmlDType::Q8_0)?, (n, k))
         }
-        _ => QTensor::quantize(&f, GgmlDType::Q8_0)?,
-    };
-    match device {
-        Device::Cpu => Ok(q),
-        _ => QTensor::new(candle_core::quantized::QStorage::from_data(q.data()?, device, GgmlDType::Q8_0)?, q.shape()),
+        _ => QTensor::quantize(&f, GgmlDType::Q8_0),
     }
 }
 
@@ -289,7 +279,7 @@ mod tests {
         let (n, k) = (5, 96);
         let v: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1 + i / k) as f32).collect();
         let w = Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap();
-        let q = quantize_q8(&w, &Device::Cpu).unwrap();
+        let q = quantize_q8(&w).unwrap();
         let candle = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         let packed = QWeight::packed(&q, &Device::Cpu).unwrap();
         assert_eq!(packed.dims(), (n, k));
@@ -301,7 +291,7 @@ mod tests {
 
     #[test]
     fn packed_layout_off_cuda_is_refused_by_name() {
-        let q = quantize_q8(&Tensor::ones((4, 32), DType::F32, &Device::Cpu).unwrap(), &Device::Cpu).unwrap();
+        let q = quantize_q8(&Tensor::ones((4, 32), DType::F32, &Device::Cpu).unwrap()).unwrap();
         let packed = QWeight::packed(&q, &Device::Cpu).unwrap();
         let err = linear_q8(&Tensor::ones((1, 32), DType::F32, &Device::Cpu).unwrap(), &packed).unwrap_err().to_string();
         assert!(err.contains("CUDA only"), "{err}");

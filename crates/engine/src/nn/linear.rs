@@ -133,7 +133,7 @@ mod tests {
     fn q8_product_matches_the_dequantized_weights() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (96, 256), &dev).unwrap();
-        let q = QWeight::new(crate::exec::quantize_q8(&w, &dev).unwrap()).unwrap();
+        let q = QWeight::on(crate::exec::quantize_q8(&w).unwrap(), &dev).unwrap();
         let wd = q.dequantize().unwrap();
         // The weights' own rounding: at most half a step, 1/254 of each block's peak, plus the
         // block scale's own rounding: Candle stores d = peak/127 as f16 (relative error ≤ 2⁻¹¹)

@@ -36,7 +36,7 @@ enum X {
 /// x [1, rows, k] · Wᵀ for a random W [n, k] quantized to Q8_0.
 fn product(e: &mut Env<'_>, (n, k): (usize, usize), rows: usize, layout: X, candle: bool) -> Result<Tensor> {
     let w = e.host(&[n, k], 1.0 / (k as f32).sqrt())?;
-    let q = quantize_q8(&w, &candle_core::Device::Cpu)?;
+    let q = quantize_q8(&w)?;
     let x = match layout {
         X::Contiguous => e.rand(&[1, rows, k], 1.0)?,
         X::Transposed => e.rand_t(&[1, rows, k], 1.0, 1, 2)?,
