@@ -251,6 +251,9 @@ impl Batch {
                         Ok(()) => {
                             self.slots[slot] = Some(Active { io });
                             self.metrics.conversations_started.inc();
+                            // Counted before the reply: a client that is in is in the gauge and
+                            // in /ready's "full" (the count was set only after the prefill step).
+                            self.set_active();
                             Ok(slot)
                         }
                         Err(e) => {
