@@ -143,6 +143,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             eprintln!("metrics on http://{m}/metrics");
         }
         let first = signals.next().await;
+        // Draining before it is said: whoever reads the line finds /ready already 503.
+        server.start_draining();
         eprintln!("{first}: draining (no new conversations; a second signal ends the running ones at once)");
         server.drain(async move {
             let second = signals.next().await;
