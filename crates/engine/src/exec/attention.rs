@@ -22,7 +22,8 @@ fn rope_tables(rope: bool, ctx: &StepCtx) -> Result<Option<&(Tensor, Tensor)>> {
     }
 }
 
-/// Candle's ops: split, rotate, write the ring (streaming) or keep every key (whole sequence),
+/// Candle's ops: split, rotate, write the ring (streaming; in the fixed layout by a scatter, then
+/// over the whole ring) or keep every key (whole sequence),
 /// scores, mask, softmax in f32, values. `f32_products`: compute q·kᵀ and p·v in f32 whatever
 /// the model dtype. qkv [B, T, 3·H·Dh] → [B, T, H·Dh].
 pub(super) fn generic(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx, cache: &mut KvCache, f32_products: bool) -> Result<Tensor> {
@@ -39,12 +40,17 @@ pub(super) fn generic(qkv: &Tensor, heads: usize, rope: bool, ctx: &StepCtx, cac
         q = crate::nn::rope::rotate(&q, cos, sin)?;
         k = crate::nn::rope::rotate(&k, cos, sin)?;
     }
-    let (k, v) = match ctx.capacity {
-        Some(cap) => {
+    let (k, v) = match (ctx.capacity, &ctx.slots) {
+        // The fixed layout: a scatter at the slots held on the device, then the whole ring.
+        (Some(cap), Some(slots)) => {
+            cache.write_slots(&k, &v, slots, ctx.offset, cap)?;
+            cache.whole()?
+        }
+        (Some(cap), None) => {
             cache.append(&k, &v, ctx.offset, cap)?;
             cache.filled(q.dtype())?
         }
-        None => (k, v),
+        (None, _) => (k, v),
     };
     let dtype = q.dtype();
     let (q, k, v) = if f32_products && dtype != DType::F32 {

@@ -146,6 +146,39 @@ impl KvCache {
         Ok(())
     }
 
+    /// Write `k`, `v` [B, H, T, Dh] for positions `offset .. offset + T` (T ≤ capacity) at the
+    /// ring slots `slots` (u32 [B, H, T, Dh], `StepCtx::slots`: each position's slot, held on the
+    /// device) with one scatter each: the fixed layout's write, whose launches do not depend on
+    /// the position. A cache in the model's dtype only.
+    pub(super) fn write_slots(&mut self, k: &Tensor, v: &Tensor, slots: &Tensor, offset: usize, capacity: usize) -> Result<()> {
+        let (b, h, t, dh) = k.dims4()?;
+        if t > capacity {
+            return Err(EngineError::Streaming(format!("a fixed-layout write of {t} steps into a ring of {capacity}")));
+        }
+        self.prepare(b, h, dh, offset, capacity, k.dtype(), k.device())?;
+        match self.ring.as_ref().expect("allocated by prepare") {
+            Ring::Full { k: rk, v: rv } => {
+                rk.scatter_set(slots, &k.contiguous()?, 2)?;
+                rv.scatter_set(slots, &v.contiguous()?, 2)?;
+            }
+            Ring::Int8 { .. } => {
+                return Err(EngineError::Streaming("the fixed layout needs a KV cache in the model's dtype, not 8-bit".into()))
+            }
+        }
+        self.written = offset + t;
+        Ok(())
+    }
+
+    /// The whole ring as keys and values (the fixed layout reads every slot; its mask hides
+    /// those not yet written). A cache in the model's dtype only.
+    pub(super) fn whole(&self) -> Result<(Tensor, Tensor)> {
+        match self.ring.as_ref() {
+            Some(Ring::Full { k, v }) => Ok((k.clone(), v.clone())),
+            Some(Ring::Int8 { .. }) => Err(EngineError::Streaming("the fixed layout needs a KV cache in the model's dtype, not 8-bit".into())),
+            None => Err(EngineError::Streaming("the KV cache was read before any write".into())),
+        }
+    }
+
     /// Check that a write of batch `b` at `offset` continues this cache, and allocate the ring
     /// ([B, H, capacity, Dh] in `dtype`, or 8-bit) at the first write.
     #[allow(clippy::too_many_arguments)]

@@ -45,7 +45,7 @@ pub struct DepformerGraph {
 
 impl GraphState {
     /// The state of a graph holder: recorded or not, and why recording failed, if it did.
-    pub(super) fn of(recorded: bool, failed: Option<&String>) -> Self {
+    pub(crate) fn of(recorded: bool, failed: Option<&String>) -> Self {
         match (recorded, failed) {
             (_, Some(e)) => Self::Failed(e.clone()),
             (true, None) => Self::Replaying,

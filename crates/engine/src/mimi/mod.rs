@@ -7,6 +7,7 @@
 //! caller's session, one per stream batch.
 
 pub mod config;
+pub mod graph;
 pub mod quantizer;
 pub mod seanet;
 pub mod stream;
@@ -18,10 +19,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::MimiConfig;
+pub use graph::CodecGraphs;
+use graph::{CodecGraph, Streamed};
 use quantizer::SplitRvq;
 use seanet::{SeanetDecoder, SeanetEncoder, SeanetState};
 
 use crate::error::{EngineError, Result};
+use crate::exec::StepCtx;
+use crate::lm::GraphState;
 use crate::nn::conv::{ConvSpec, ConvState, ConvTrState, PadMode, StreamingConv1d, StreamingConvTr1d};
 use crate::nn::transformer::{ProjectedTransformer, TransformerState};
 
@@ -43,48 +48,118 @@ pub struct DecodeStages {
     pub pcm: Tensor,
 }
 
-/// Streaming encoder state for one batch of streams.
-#[derive(Debug, Clone, Default)]
-pub struct EncoderState {
+/// What an encoder stream carries between calls.
+#[derive(Debug, Default)]
+struct EncoderStreams {
     seanet: SeanetState,
     transformer: TransformerState,
     downsample: ConvState,
 }
 
-/// Streaming decoder state for one batch of streams.
-#[derive(Debug, Clone, Default)]
-pub struct DecoderState {
+/// What a decoder stream carries between calls.
+#[derive(Debug, Default)]
+struct DecoderStreams {
     upsample: ConvTrState,
     transformer: TransformerState,
     seanet: SeanetState,
 }
 
+impl Streamed for EncoderStreams {
+    fn carried_mut(&mut self) -> Vec<&mut Option<Tensor>> {
+        let mut v = self.seanet.carried_mut();
+        v.push(self.downsample.carried_mut());
+        v
+    }
+
+    fn has_fresh_rows(&self) -> bool {
+        self.seanet.has_fresh_rows() || self.downsample.has_fresh_rows()
+    }
+
+    fn transformer(&mut self) -> &mut TransformerState {
+        &mut self.transformer
+    }
+}
+
+impl Streamed for DecoderStreams {
+    fn carried_mut(&mut self) -> Vec<&mut Option<Tensor>> {
+        let mut v = vec![self.upsample.carried_mut()];
+        v.extend(self.seanet.carried_mut());
+        v
+    }
+
+    fn has_fresh_rows(&self) -> bool {
+        self.seanet.has_fresh_rows() || self.upsample.has_fresh_rows()
+    }
+
+    fn transformer(&mut self) -> &mut TransformerState {
+        &mut self.transformer
+    }
+}
+
+/// Streaming encoder state for one batch of streams (and its CUDA graph, `mimi::graph`).
+#[derive(Debug, Default)]
+pub struct EncoderState {
+    streams: EncoderStreams,
+    graphs: CodecGraphs,
+    graph: Option<CodecGraph>,
+}
+
+/// Streaming decoder state for one batch of streams (and its CUDA graph, `mimi::graph`).
+#[derive(Debug, Default)]
+pub struct DecoderState {
+    streams: DecoderStreams,
+    graphs: CodecGraphs,
+    graph: Option<CodecGraph>,
+}
+
 impl EncoderState {
-    /// Forget everything: the next call starts a new stream.
+    /// A fresh state whose streaming calls run as `graphs` says.
+    pub fn new(graphs: CodecGraphs) -> Self {
+        Self { graphs, ..Self::default() }
+    }
+
+    /// Forget everything (the graph choice kept): the next call starts a new stream.
     pub fn reset(&mut self) {
-        *self = Self::default();
+        *self = Self::new(self.graphs);
     }
 
     /// Batch row `row` (of `batch`) starts a new stream at the next call; the other rows go on
     /// (a conversation joining a running batch).
     pub fn reset_row(&mut self, row: usize, batch: usize) {
-        self.seanet.reset_row(row);
-        self.transformer.reset_row(row, batch);
-        self.downsample.reset_row(row);
+        let s = &mut self.streams;
+        s.seanet.reset_row(row);
+        s.transformer.reset_row(row, batch);
+        s.downsample.reset_row(row);
+    }
+
+    /// Where the encode's CUDA graph stands.
+    pub fn graph_state(&self) -> GraphState {
+        graph::slot_state(&self.graph, self.graphs)
     }
 }
 
 impl DecoderState {
-    /// Forget everything: the next call starts a new stream.
+    /// A fresh state whose streaming calls run as `graphs` says.
+    pub fn new(graphs: CodecGraphs) -> Self {
+        Self { graphs, ..Self::default() }
+    }
+
+    /// Forget everything (the graph choice kept): the next call starts a new stream.
     pub fn reset(&mut self) {
-        *self = Self::default();
+        *self = Self::new(self.graphs);
     }
 
     /// Batch row `row` (of `batch`) starts a new stream at the next call; the other rows go on.
     pub fn reset_row(&mut self, row: usize, batch: usize) {
-        self.upsample.reset_row(row);
-        self.transformer.reset_row(row, batch);
-        self.seanet.reset_row(row);
+        let s = &mut self.streams;
+        s.upsample.reset_row(row);
+        s.transformer.reset_row(row, batch);
+        s.seanet.reset_row(row);
+    }
+
+    /// Where the decode's CUDA graph stands.
+    pub fn graph_state(&self) -> GraphState {
+        graph::slot_state(&self.graph, self.graphs)
     }
 }
 
@@ -199,29 +274,43 @@ impl Mimi {
         Ok(dims[2])
     }
 
-    fn encode_with(&self, pcm: &Tensor, st: &mut EncoderState, streaming: bool) -> Result<EncodeStages> {
+    /// An encode; `ctx`: a streaming call's transformer context when it is made by the caller
+    /// (the graph path's fixed layout), else the transformer makes its own.
+    fn encode_with(&self, pcm: &Tensor, st: &mut EncoderStreams, streaming: bool, ctx: Option<&StepCtx>) -> Result<EncodeStages> {
         let pcm = pcm.to_dtype(self.dtype)?;
         let seanet_latent = self.encoder.forward(&pcm, &mut st.seanet)?;
-        let transformer_out = if streaming {
-            self.encoder_transformer.step(&seanet_latent, &mut st.transformer)?
-        } else {
-            self.encoder_transformer.forward(&seanet_latent)?
+        let transformer_out = match (streaming, ctx) {
+            (true, Some(ctx)) => self.encoder_transformer.step_with_ctx(&seanet_latent, &mut st.transformer, ctx)?,
+            (true, None) => self.encoder_transformer.step(&seanet_latent, &mut st.transformer)?,
+            (false, _) => self.encoder_transformer.forward(&seanet_latent)?,
         };
         let downsampled = self.downsample.forward(&transformer_out, &mut st.downsample)?;
         let codes = self.quantizer.encode(&downsampled)?;
         Ok(EncodeStages { seanet_latent, transformer_out, downsampled, codes })
     }
 
-    fn decode_with(&self, codes: &Tensor, st: &mut DecoderState, streaming: bool) -> Result<DecodeStages> {
-        let quantized = self.quantizer.decode(codes)?.to_dtype(self.dtype)?;
+    /// A decode of codes the quantizer has checked (`SplitRvq::check_codes`); `ctx` as for
+    /// `encode_with`.
+    fn decode_with(&self, codes: &Tensor, st: &mut DecoderStreams, streaming: bool, ctx: Option<&StepCtx>) -> Result<DecodeStages> {
+        let quantized = self.quantizer.decode_checked(codes)?.to_dtype(self.dtype)?;
         let upsampled = self.upsample.forward(&quantized, &mut st.upsample)?;
-        let decoder_transformer_out = if streaming {
-            self.decoder_transformer.step(&upsampled, &mut st.transformer)?
-        } else {
-            self.decoder_transformer.forward(&upsampled)?
+        let decoder_transformer_out = match (streaming, ctx) {
+            (true, Some(ctx)) => self.decoder_transformer.step_with_ctx(&upsampled, &mut st.transformer, ctx)?,
+            (true, None) => self.decoder_transformer.step(&upsampled, &mut st.transformer)?,
+            (false, _) => self.decoder_transformer.forward(&upsampled)?,
         };
         let pcm = self.decoder.forward(&decoder_transformer_out, &mut st.seanet)?;
         Ok(DecodeStages { quantized, upsampled, decoder_transformer_out, pcm })
+    }
+
+    /// The fixed-layout context of a streaming call of `steps` transformer steps of `batch` rows
+    /// on `state`, or None where the layout cannot take it (more steps than the ring holds).
+    fn fixed_ctx(&self, tr: &ProjectedTransformer, batch: usize, steps: usize, state: &TransformerState) -> Result<Option<StepCtx>> {
+        if steps > tr.transformer().config().context {
+            return Ok(None);
+        }
+        let ctx = tr.step_ctx_fixed(batch, steps, self.dtype, &self.device, state)?;
+        Ok(tr.transformer().graphable(&ctx).then_some(ctx))
     }
 
     /// Whole-signal encode with every intermediate. The signal is zero-padded on the right to a
@@ -231,7 +320,7 @@ impl Mimi {
         let fs = self.frame_size();
         let padded = t.div_ceil(fs) * fs;
         let pcm = if padded > t { pcm.pad_with_zeros(2, 0, padded - t)? } else { pcm.clone() };
-        self.encode_with(&pcm, &mut EncoderState::default(), false)
+        self.encode_with(&pcm, &mut EncoderStreams::default(), false, None)
     }
 
     /// Whole-signal encode: pcm [B, 1, T] → codes [B, K, ⌈T/1920⌉] (u32).
@@ -241,7 +330,8 @@ impl Mimi {
 
     /// Whole-sequence decode with every intermediate.
     pub fn decode_stages(&self, codes: &Tensor) -> Result<DecodeStages> {
-        self.decode_with(codes, &mut DecoderState::default(), false)
+        self.quantizer.check_codes(codes)?;
+        self.decode_with(codes, &mut DecoderStreams::default(), false, None)
     }
 
     /// Whole-sequence decode: codes [B, K, F] → pcm [B, 1, F · 1920].
@@ -249,28 +339,72 @@ impl Mimi {
         Ok(self.decode_stages(codes)?.pcm)
     }
 
-    /// Streaming encode of the next frames: pcm [B, 1, n·1920] → codes [B, K, n].
+    /// Streaming encode of the next frames: pcm [B, 1, n·1920] → codes [B, K, n], with every
+    /// intermediate (eagerly, in the layout the state's graph choice implies).
     pub fn encode_step_stages(&self, pcm: &Tensor, state: &mut EncoderState) -> Result<EncodeStages> {
-        self.check_pcm(pcm, true)?;
-        self.encode_with(pcm, state, true)
+        let t = self.check_pcm(pcm, true)?;
+        let ctx = match state.graphs.on(&self.device) {
+            CodecGraphs::Off => None,
+            _ => self.fixed_ctx(&self.encoder_transformer, pcm.dim(0)?, t / self.cfg.hop(), &state.streams.transformer)?,
+        };
+        self.encode_with(pcm, &mut state.streams, true, ctx.as_ref())
     }
 
-    /// Streaming encode of the next frames: pcm [B, 1, n·1920] → codes [B, K, n] (u32).
+    /// Streaming encode of the next frames: pcm [B, 1, n·1920] → codes [B, K, n] (u32), through
+    /// the state's CUDA graph where it has one (`mimi::graph`).
     pub fn encode_step(&self, pcm: &Tensor, state: &mut EncoderState) -> Result<Tensor> {
-        Ok(self.encode_step_stages(pcm, state)?.codes)
+        let t = self.check_pcm(pcm, true)?;
+        let mode = state.graphs.on(&self.device);
+        let steps = t / self.cfg.hop();
+        let fresh = match mode {
+            CodecGraphs::Off => None,
+            _ => self.fixed_ctx(&self.encoder_transformer, pcm.dim(0)?, steps, &state.streams.transformer)?,
+        };
+        let Some(fresh) = fresh else {
+            state.graph = None;
+            return Ok(self.encode_with(pcm, &mut state.streams, true, None)?.codes);
+        };
+        let pcm = pcm.to_dtype(self.dtype)?;
+        let body = |x: &Tensor, st: &mut EncoderStreams, ctx: &StepCtx| Ok(self.encode_with(x, st, true, Some(ctx))?.codes);
+        graph::run(&mut state.graph, graph::Call { input: &pcm, fresh, steps, mode }, &mut state.streams, &body)
     }
 
-    /// Streaming decode of the next frames, with every intermediate.
-    pub fn decode_step_stages(&self, codes: &Tensor, state: &mut DecoderState) -> Result<DecodeStages> {
+    fn check_step_codes(&self, codes: &Tensor) -> Result<()> {
         if codes.dims().len() != 3 || codes.dim(2)? == 0 {
             return Err(EngineError::Streaming(format!("codes must be [batch, K, n ≥ 1], got {:?}", codes.dims())));
         }
-        self.decode_with(codes, state, true)
+        self.quantizer.check_codes(codes)
     }
 
-    /// Streaming decode of the next frames: codes [B, K, n] → pcm [B, 1, n·1920].
+    /// Streaming decode of the next frames, with every intermediate (eagerly, in the layout the
+    /// state's graph choice implies).
+    pub fn decode_step_stages(&self, codes: &Tensor, state: &mut DecoderState) -> Result<DecodeStages> {
+        self.check_step_codes(codes)?;
+        let steps = codes.dim(2)? * self.downsample.stride();
+        let ctx = match state.graphs.on(&self.device) {
+            CodecGraphs::Off => None,
+            _ => self.fixed_ctx(&self.decoder_transformer, codes.dim(0)?, steps, &state.streams.transformer)?,
+        };
+        self.decode_with(codes, &mut state.streams, true, ctx.as_ref())
+    }
+
+    /// Streaming decode of the next frames: codes [B, K, n] → pcm [B, 1, n·1920], through the
+    /// state's CUDA graph where it has one (`mimi::graph`).
     pub fn decode_step(&self, codes: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
-        Ok(self.decode_step_stages(codes, state)?.pcm)
+        self.check_step_codes(codes)?;
+        let mode = state.graphs.on(&self.device);
+        let steps = codes.dim(2)? * self.downsample.stride();
+        let fresh = match mode {
+            CodecGraphs::Off => None,
+            _ => self.fixed_ctx(&self.decoder_transformer, codes.dim(0)?, steps, &state.streams.transformer)?,
+        };
+        let Some(fresh) = fresh else {
+            state.graph = None;
+            return Ok(self.decode_with(codes, &mut state.streams, true, None)?.pcm);
+        };
+        let codes = codes.to_device(&self.device)?.to_dtype(DType::U32)?;
+        let body = |x: &Tensor, st: &mut DecoderStreams, ctx: &StepCtx| Ok(self.decode_with(x, st, true, Some(ctx))?.pcm);
+        graph::run(&mut state.graph, graph::Call { input: &codes, fresh, steps, mode }, &mut state.streams, &body)
     }
 }
 

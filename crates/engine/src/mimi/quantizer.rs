@@ -141,16 +141,30 @@ impl SplitRvq {
 
     /// Codes [B, K, F] (any integer dtype, K ≤ num_codebooks in the checkpoint) → latent [B, C, F].
     pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        self.check_codes(codes)?;
+        self.decode_checked(codes)
+    }
+
+    /// Check that `codes` [B, K, F] can be decoded: K in range, every code below the codebooks'
+    /// size (read back to the host: a CUDA graph of the decode checks its input before the replay).
+    pub fn check_codes(&self, codes: &Tensor) -> Result<()> {
         let (_b, k, _t) = codes.dims3()?;
         let total = self.n_q_semantic + self.rest.codebooks.len();
         if k == 0 || k > total {
             return Err(EngineError::InvalidInput(format!("{k} codebooks given, the model has 1..={total}")));
         }
-        let codes = codes.to_dtype(DType::U32)?;
-        let max = codes.to_dtype(DType::F32)?.max_keepdim(0)?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        // Through u32 first, as the decode reads them: a negative code wraps to a huge one.
+        let max = codes.to_dtype(DType::U32)?.to_dtype(DType::F32)?.max_keepdim(0)?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         if max as usize >= self.bins {
             return Err(EngineError::InvalidInput(format!("code {max} out of range: codebooks have {} entries", self.bins)));
         }
+        Ok(())
+    }
+
+    /// `decode` of codes `check_codes` accepted, with no read back to the host.
+    pub fn decode_checked(&self, codes: &Tensor) -> Result<Tensor> {
+        let k = codes.dim(1)?;
+        let codes = codes.to_dtype(DType::U32)?;
         let ns = self.n_q_semantic.min(k);
         let mut out = self.first.decode(&codes.narrow(1, 0, ns)?)?;
         if k > ns {

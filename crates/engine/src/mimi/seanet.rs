@@ -64,6 +64,17 @@ impl SeanetState {
         self.convs.iter_mut().for_each(|c| c.reset_row(row));
         self.convtrs.iter_mut().for_each(|c| c.reset_row(row));
     }
+
+    /// Every tensor the state carries between calls, convs then transposed convs.
+    pub(crate) fn carried_mut(&mut self) -> Vec<&mut Option<Tensor>> {
+        let convs = self.convs.iter_mut().map(ConvState::carried_mut);
+        convs.chain(self.convtrs.iter_mut().map(ConvTrState::carried_mut)).collect()
+    }
+
+    /// Whether a row starts a new stream at the next call.
+    pub(crate) fn has_fresh_rows(&self) -> bool {
+        self.convs.iter().any(ConvState::has_fresh_rows) || self.convtrs.iter().any(ConvTrState::has_fresh_rows)
+    }
 }
 
 #[derive(Debug, Clone)]

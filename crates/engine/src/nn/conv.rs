@@ -65,6 +65,17 @@ impl ConvState {
             self.fresh.push(row);
         }
     }
+
+    /// The carried input samples (None before the first call, or for a conv with no context):
+    /// what a graph of the conv reads and rewrites (`mimi::graph` keeps it in a buffer of its own).
+    pub(crate) fn carried_mut(&mut self) -> &mut Option<Tensor> {
+        &mut self.previous
+    }
+
+    /// Whether a row starts a new stream at the next call (that call makes its padding on the host).
+    pub(crate) fn has_fresh_rows(&self) -> bool {
+        !self.fresh.is_empty()
+    }
 }
 
 /// [B, 1, 1] with 1 at `rows`, 0 elsewhere, in `like`'s dtype and device.
@@ -187,6 +198,17 @@ impl ConvTrState {
         if self.partial.is_some() && !self.fresh.contains(&row) {
             self.fresh.push(row);
         }
+    }
+
+    /// The overlap-add tail still owed (None before the first call, or with no tail), as
+    /// `ConvState::carried_mut`.
+    pub(crate) fn carried_mut(&mut self) -> &mut Option<Tensor> {
+        &mut self.partial
+    }
+
+    /// Whether a row starts a new stream at the next call.
+    pub(crate) fn has_fresh_rows(&self) -> bool {
+        !self.fresh.is_empty()
     }
 }
 

@@ -6,7 +6,7 @@
 //! Checkpoint names under the transformer prefix: `layers.{i}.{norm1, self_attn, layer_scale_1,
 //! norm2, linear1, linear2 | gating, layer_scale_2}`.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::Attention;
 use super::norm::{Norm, NormKind};
@@ -358,6 +358,15 @@ impl TransformerState {
     }
 }
 
+/// What a transformer call's context depends on in its input [B, T, d].
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub batch: usize,
+    pub steps: usize,
+    pub dtype: DType,
+    pub device: &'a Device,
+}
+
 /// A stack of layers over [B, T, d] inputs.
 #[derive(Debug, Clone)]
 pub struct Transformer {
@@ -381,6 +390,11 @@ impl Transformer {
 
     fn ctx(&self, x: &Tensor, offset: usize, capacity: Option<usize>, starts: &[usize]) -> Result<StepCtx> {
         let (batch, steps, _) = x.dims3()?;
+        self.ctx_in(Shape { batch, steps, dtype: x.dtype(), device: x.device() }, offset, capacity, starts, false)
+    }
+
+    fn ctx_in(&self, shape: Shape, offset: usize, capacity: Option<usize>, starts: &[usize], fixed: bool) -> Result<StepCtx> {
+        let Shape { batch, steps, dtype, device } = shape;
         let call = StepCall {
             batch,
             steps,
@@ -389,10 +403,12 @@ impl Transformer {
             starts,
             context: self.cfg.context,
             rope: self.rope.as_ref(),
-            dtype: x.dtype(),
+            dtype,
             head_dim: self.cfg.d_model / self.cfg.num_heads,
+            heads: self.cfg.num_heads,
+            fixed,
         };
-        StepCtx::new(&call, x.device())
+        StepCtx::new(&call, device)
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -483,15 +499,24 @@ impl Transformer {
         self.ctx(x, state.offset, Some(self.cfg.context), &state.starts)
     }
 
-    /// Whether this transformer's streaming step can be recorded as a CUDA graph with `ctx`
-    /// (the step's inputs all on the device: fused decode attention, no sinusoidal embedding
-    /// made on the host).
-    pub fn graphable(&self, ctx: &StepCtx) -> bool {
-        ctx.fused.is_some() && self.cfg.sin_scale.is_none()
+    /// The context of the next streaming call of `x` [B, T, d] on `state` in the fixed layout
+    /// (`exec::step_ctx`: whole-ring attention, writes at slots held on the device), which a
+    /// CUDA graph can record with Candle's ops (`mimi::graph`). Where the fused decode kernel
+    /// applies it is chosen instead (it reads its positions on the device too).
+    pub fn step_ctx_fixed(&self, shape: Shape, state: &TransformerState) -> Result<StepCtx> {
+        self.ctx_in(shape, state.offset, Some(self.cfg.context), &state.starts, true)
     }
 
-    /// One streaming step of `x` with a context made by `step_ctx` (possibly a captured one
-    /// refilled in place); `state` advances as in `step`.
+    /// Whether this transformer's streaming step can be recorded as a CUDA graph with `ctx`
+    /// (the step's inputs all on the device: fused decode attention or the fixed layout, no
+    /// sinusoidal embedding made on the host).
+    pub fn graphable(&self, ctx: &StepCtx) -> bool {
+        (ctx.fused.is_some() || ctx.slots.is_some()) && self.cfg.sin_scale.is_none()
+    }
+
+    /// One streaming call of `x` [B, T, d] with a context made by `step_ctx` or
+    /// `step_ctx_fixed` (possibly a captured one refilled in place); `state` advances as in
+    /// `step`.
     pub fn step_with_ctx(&self, x: &Tensor, state: &mut TransformerState, ctx: &StepCtx) -> Result<Tensor> {
         if state.caches.len() != self.layers.len() {
             state.caches = vec![KvCache::new(state.kv_cache); self.layers.len()];
@@ -503,7 +528,7 @@ impl Transformer {
         for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
             x = layer.forward(&x, ctx, cache)?;
         }
-        state.offset += 1;
+        state.offset += x.dim(1)?;
         Ok(x)
     }
 
@@ -569,5 +594,20 @@ impl ProjectedTransformer {
     /// Streaming forward of the next steps of [B, C, T].
     pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
         self.wrap(x, |x| self.transformer.step(x, state))
+    }
+
+    /// The fixed-layout context of the next streaming call of `steps` steps of `batch` rows in
+    /// `dtype` on `state` (`Transformer::step_ctx_fixed`).
+    pub fn step_ctx_fixed(&self, batch: usize, steps: usize, dtype: DType, device: &Device, state: &TransformerState) -> Result<StepCtx> {
+        self.transformer.step_ctx_fixed(Shape { batch, steps, dtype, device }, state)
+    }
+
+    /// As `step`, with a context from `step_ctx_fixed` (possibly a captured one refilled in place).
+    pub fn step_with_ctx(&self, x: &Tensor, state: &mut TransformerState, ctx: &StepCtx) -> Result<Tensor> {
+        self.wrap(x, |x| self.transformer.step_with_ctx(x, state, ctx))
+    }
+
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
     }
 }

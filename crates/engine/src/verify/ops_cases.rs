@@ -222,7 +222,7 @@ fn streamed_attention(e: &mut Env, dh: usize, kind: KvCacheKind) -> Result<Tenso
         if p == 5 {
             starts[1] = 5;
         }
-        let call = StepCall { batch: b, steps: 1, offset: p, capacity: Some(cap), starts: &starts, context: cap, rope: Some(&rope), dtype: x.dtype(), head_dim: dh };
+        let call = StepCall { batch: b, steps: 1, offset: p, capacity: Some(cap), starts: &starts, context: cap, rope: Some(&rope), dtype: x.dtype(), head_dim: dh, heads: h, fixed: false };
         let ctx = StepCtx::new(&call, e.device)?;
         ys.push(attn.forward(&x.narrow(1, p, 1)?.contiguous()?, &ctx, &mut cache)?);
     }
