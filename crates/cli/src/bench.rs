@@ -147,6 +147,8 @@ fn bench_batch(args: &BenchArgs, loaded: &crate::sources::Loaded, batch: usize, 
     json.insert("cuda_graphs".into(), serde_json::json!(cli_name(&args.runtime.cuda_graphs)));
     json.insert("graph_state".into(), serde_json::json!(format!("{:?}", conv.graph_state())));
     json.insert("temporal_graph_state".into(), serde_json::json!(format!("{:?}", conv.temporal_graph_state())));
+    let (enc, dec) = conv.mimi_graph_state();
+    json.insert("mimi_graph_state".into(), serde_json::json!({"encode": format!("{enc:?}"), "decode": format!("{dec:?}")}));
     json.insert("context_fill".into(), serde_json::json!(args.context_fill));
     json.insert("slots".into(), serde_json::json!(args.slots));
     if let Some((used, total)) = moshi_engine::device_memory(dev) {

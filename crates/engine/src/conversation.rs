@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use crate::error::{EngineError, Result};
 use crate::exec::RunOptions;
 use crate::lm::{GenConfig, LmGenState, LmModel};
-use crate::mimi::{DecoderState, EncoderState, Mimi};
+use crate::mimi::{CodecGraphs, DecoderState, EncoderState, Mimi};
 use crate::text::Tokenizer;
 
 /// Mimi, the LM and the tokenizer, checked to fit together.
@@ -78,10 +78,12 @@ impl Conversation {
     /// Fresh Mimi states around an LM state of B rows (which holds the run's options).
     fn new(lm: LmGenState, repeat_first_frame: bool) -> Self {
         let batch = lm.batch();
+        // Mimi's calls replay CUDA graphs with the LM's (`mimi::graph`; Off where none can be made).
+        let graphs = if lm.options().cuda_graphs { CodecGraphs::On } else { CodecGraphs::Off };
         Self {
             batch,
-            enc: EncoderState::default(),
-            dec: DecoderState::default(),
+            enc: EncoderState::new(graphs),
+            dec: DecoderState::new(graphs),
             lm,
             frames: 0,
             repeat_first_frame,
@@ -123,6 +125,11 @@ impl Conversation {
     /// Where the temporal step's CUDA graph stands (`lm::temporal_graph`).
     pub fn temporal_graph_state(&self) -> crate::lm::GraphState {
         self.lm.temporal_graph_state()
+    }
+
+    /// Where Mimi's encode and decode graphs stand (`mimi::graph`), in that order.
+    pub fn mimi_graph_state(&self) -> (crate::lm::GraphState, crate::lm::GraphState) {
+        (self.enc.graph_state(), self.dec.graph_state())
     }
 
     pub fn batch(&self) -> usize {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{tiny_mimi, Fixture, Report, F32_ABS_TOL};
-use moshi_engine::mimi::{DecoderState, EncoderState, Mimi};
+use moshi_engine::mimi::{CodecGraphs, DecoderState, EncoderState, Mimi};
 
 fn check_batch(mimi: &Mimi, fx: &Fixture, what: &str) {
     let enc = mimi.encode_stages(fx.get("input.pcm")).unwrap();
@@ -23,12 +23,12 @@ fn check_batch(mimi: &Mimi, fx: &Fixture, what: &str) {
     r.finish(what);
 }
 
-/// Stream the fixture's input through encode and decode in chunks of `frames` frames,
-/// returning every stage concatenated over time.
-fn stream(mimi: &Mimi, pcm: &Tensor, frames: usize, ref_codes: Option<&Tensor>) -> Vec<(String, Tensor)> {
+/// Stream the fixture's input through encode and decode in chunks of `frames` frames, in the
+/// layout `graphs` implies, returning every stage concatenated over time.
+fn stream(mimi: &Mimi, pcm: &Tensor, frames: usize, ref_codes: Option<&Tensor>, graphs: CodecGraphs) -> Vec<(String, Tensor)> {
     let fs = mimi.frame_size() * frames;
     let total = pcm.dim(2).unwrap();
-    let (mut es, mut ds) = (EncoderState::default(), DecoderState::default());
+    let (mut es, mut ds) = (EncoderState::new(graphs), DecoderState::new(graphs));
     let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); 8];
     let mut frame_off = 0;
     for start in (0..total).step_by(fs) {
@@ -55,7 +55,11 @@ fn stream(mimi: &Mimi, pcm: &Tensor, frames: usize, ref_codes: Option<&Tensor>) 
 }
 
 fn check_stream(mimi: &Mimi, fx: &Fixture, prefix: &str, frames: usize, what: &str) {
-    let stages = stream(mimi, fx.get("input.pcm"), frames, Some(fx.get(&format!("{prefix}.codes"))));
+    check_stream_in(mimi, fx, prefix, frames, CodecGraphs::Off, what)
+}
+
+fn check_stream_in(mimi: &Mimi, fx: &Fixture, prefix: &str, frames: usize, graphs: CodecGraphs, what: &str) {
+    let stages = stream(mimi, fx.get("input.pcm"), frames, Some(fx.get(&format!("{prefix}.codes"))), graphs);
     let mut r = Report::default();
     for (name, t) in &stages {
         let reference = fx.get(&format!("{prefix}.{name}"));
@@ -125,6 +129,90 @@ fn reset_mid_stream_equals_fresh_state() {
     }
 }
 
+/// Stream `pcm` through `encode_step` and `decode_step` (the calls a CUDA graph takes) in chunks of
+/// `frames` frames with `graphs`, decoding `ref_codes` where given, else the stream's own codes;
+/// `reset_at`: (frame, row) where that row starts a new stream. Returns (codes, pcm) over time.
+fn stream_io(mimi: &Mimi, pcm: &Tensor, frames: usize, ref_codes: Option<&Tensor>, graphs: CodecGraphs, reset_at: Option<(usize, usize)>) -> (Tensor, Tensor) {
+    let (batch, fs) = (pcm.dim(0).unwrap(), mimi.frame_size());
+    let (mut es, mut ds) = (EncoderState::new(graphs), DecoderState::new(graphs));
+    let (mut codes, mut out) = (Vec::new(), Vec::new());
+    let mut f = 0;
+    while f * fs < pcm.dim(2).unwrap() {
+        if let Some((at, row)) = reset_at {
+            if (f..f + frames).contains(&at) {
+                es.reset_row(row, batch);
+                ds.reset_row(row, batch);
+            }
+        }
+        let c = mimi.encode_step(&pcm.narrow(2, f * fs, frames * fs).unwrap(), &mut es).unwrap();
+        let to_decode = ref_codes.map_or_else(|| c.clone(), |r| r.narrow(2, f, frames).unwrap());
+        out.push(mimi.decode_step(&to_decode, &mut ds).unwrap());
+        codes.push(c);
+        f += frames;
+    }
+    (Tensor::cat(&codes, 2).unwrap(), Tensor::cat(&out, 2).unwrap())
+}
+
+/// The graph path (`CodecGraphs::Emulate`: the buffers a CUDA graph reads and writes, and the
+/// transformer's fixed layout of whole-ring attention under a mask with keys scattered at slots),
+/// run eagerly on the CPU, against the reference: codes exactly, every stage and the pcm within
+/// `F32_ABS_TOL`, the bound eager streaming meets (the fixed layout changes only the order of the
+/// attention's sums: masked keys add exact zeros). Covers whole-frame and multi-frame calls, and
+/// with the 5-step context, a ring that wraps and calls of more steps than it holds (eager).
+#[test]
+fn graph_path_streaming_matches_reference() {
+    let cases = [("mimi_tiny", "stream", 1), ("mimi_tiny", "batch", 2), ("mimi_tiny", "batch", 3), ("mimi_tiny", "batch", 6), ("mimi_tiny/ctx5", "stream", 1)];
+    for (dir, prefix, frames) in cases {
+        let mimi = tiny_mimi(&format!("{dir}/config.json"));
+        let fx = Fixture::load(&format!("{dir}/io.safetensors"));
+        let what = format!("{dir}, graph path, {frames}-frame calls vs reference {prefix}");
+        check_stream_in(&mimi, &fx, prefix, frames, CodecGraphs::Emulate, &format!("{what} (stages)"));
+        let (codes, pcm) = stream_io(&mimi, fx.get("input.pcm"), frames, Some(fx.get(&format!("{prefix}.codes"))), CodecGraphs::Emulate, None);
+        let mut r = Report::default();
+        r.codes("codes", &codes, fx.get(&format!("{prefix}.codes")));
+        r.float("pcm", &pcm, fx.get(&format!("{prefix}.pcm")), F32_ABS_TOL);
+        r.finish(&what);
+    }
+}
+
+/// A row that starts a new stream mid-way (a conversation joining a batch) goes the same on the
+/// graph path as eagerly: the call with the fresh row runs eagerly, the graph is remade after it.
+/// Codes exactly; pcm within `F32_ABS_TOL` (summation order only, as above).
+#[test]
+fn graph_path_row_reset_matches_eager() {
+    let mimi = tiny_mimi("mimi_tiny/ctx5/config.json");
+    let pcm = Fixture::load("mimi_tiny/ctx5/io.safetensors").get("input.pcm").clone();
+    let frames_total = pcm.dim(2).unwrap() / mimi.frame_size();
+    // 3-frame calls take 6 steps: more than the 5-step ring, so they run eagerly in the usual layout.
+    for frames in [1, 2, 3] {
+        for (at, row) in [(2, 1), (frames_total - 2, 0)] {
+            let (ce, pe) = stream_io(&mimi, &pcm, frames, None, CodecGraphs::Off, Some((at, row)));
+            let (cg, pg) = stream_io(&mimi, &pcm, frames, None, CodecGraphs::Emulate, Some((at, row)));
+            assert_eq!(common::codes_vec(&ce), common::codes_vec(&cg), "codes differ ({frames}-frame calls, row {row} reset at frame {at})");
+            let nan = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().position(|v| v.is_nan());
+            assert_eq!((nan(&pe), nan(&pg)), (None, None), "NaN in pcm (eager, graph path): {frames}-frame calls, row {row} reset at frame {at}");
+            let d = common::max_abs_diff(&pe, &pg);
+            assert!(d <= F32_ABS_TOL, "pcm differs by {d:e} ({frames}-frame calls, row {row} reset at frame {at})");
+        }
+    }
+}
+
+/// Asking for CUDA graphs where none can be made (the CPU) runs the usual eager path: the same
+/// values bit for bit, and the graph state says Off.
+#[test]
+fn graphs_on_without_cuda_is_eager() {
+    let mimi = tiny_mimi("mimi_tiny/config.json");
+    let pcm = Fixture::load("mimi_tiny/io.safetensors").get("input.pcm").clone();
+    let (ce, pe) = stream_io(&mimi, &pcm, 1, None, CodecGraphs::Off, None);
+    let (cg, pg) = stream_io(&mimi, &pcm, 1, None, CodecGraphs::On, None);
+    assert_eq!(common::codes_vec(&ce), common::codes_vec(&cg));
+    assert_eq!(common::max_abs_diff(&pe, &pg), 0.0);
+    let (mut es, mut ds) = (EncoderState::new(CodecGraphs::On), DecoderState::new(CodecGraphs::On));
+    let c = mimi.encode_step(&pcm.narrow(2, 0, mimi.frame_size()).unwrap(), &mut es).unwrap();
+    mimi.decode_step(&c, &mut ds).unwrap();
+    assert_eq!(format!("{:?} {:?}", es.graph_state(), ds.graph_state()), "Off Off");
+}
+
 trait CatBatch {
     fn cat_like_batch(self, other: Tensor) -> candle_core::Result<Tensor>;
 }
@@ -134,3 +222,4 @@ impl CatBatch for Tensor {
         Tensor::cat(&[&self, &other], 0)
     }
 }
+

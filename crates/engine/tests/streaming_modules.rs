@@ -563,3 +563,54 @@ fn transformer_row_restart_past_the_context_equals_a_fresh_stream() {
     assert!(e0 <= TOL && e1 <= TOL, "row 0 {e0}, row 1 {e1} (tolerance {TOL})");
     assert!(e_control > 100.0 * TOL, "the control should differ: {e_control}");
 }
+
+/// A streaming call of more steps than the ring holds (context 4, 10 steps) runs as calls of 4, 4
+/// and 2 steps: the same values bit for bit, and none lost (a single write would overwrite the first
+/// queries' own keys, and they would attend to nothing).
+#[test]
+fn transformer_call_longer_than_the_ring_runs_in_ring_sized_pieces() {
+    let cfg = mimi_like_config(4);
+    let tf = transformer(&cfg, 31);
+    let x = Rng::new(9).tensor(&[2, 11, cfg.d_model], 1.0);
+    let (mut long, mut pieces) = (TransformerState::default(), TransformerState::default());
+    // One step first, so that the long call's pieces start mid-ring.
+    let a = Tensor::cat(&[tf.step(&x.narrow(1, 0, 1).unwrap(), &mut long).unwrap(), tf.step(&x.narrow(1, 1, 10).unwrap(), &mut long).unwrap()], 1).unwrap();
+    let b = Tensor::cat(
+        &[(0, 1), (1, 4), (5, 4), (9, 2)].map(|(s, n)| tf.step(&x.narrow(1, s, n).unwrap(), &mut pieces).unwrap()),
+        1,
+    )
+    .unwrap();
+    assert!(vec_of(&a).iter().all(|v| v.is_finite()), "the long call gave non-finite values");
+    assert_eq!(max_err(&a, &b).unwrap(), 0.0, "a 10-step call differs from calls of 4, 4 and 2 steps");
+    assert_eq!(long.offset(), 11);
+}
+
+/// The fixed layout a CUDA graph records (`Transformer::step_ctx_fixed`: keys scattered at slots
+/// held on the device, attention over the whole ring under a mask) computes what the usual streaming
+/// layout does, call by call, with the ring wrapping several times, calls of 1 to 4 steps and a row
+/// restarted mid-way. Only the order of the attention's sums differs (masked keys add exact zeros),
+/// hence `TOL`.
+#[test]
+fn transformer_fixed_layout_equals_usual_layout() {
+    let cfg = mimi_like_config(4);
+    let tf = transformer(&cfg, 41);
+    let x = Rng::new(11).tensor(&[2, 24, cfg.d_model], 1.0);
+    let (mut usual, mut fixed) = (TransformerState::default(), TransformerState::default());
+    let (mut t, mut worst) = (0, 0f32);
+    for (i, n) in [1, 2, 3, 4, 1, 4, 2, 3, 4].into_iter().enumerate() {
+        if i == 5 {
+            usual.reset_row(1, 2);
+            fixed.reset_row(1, 2);
+        }
+        let xi = x.narrow(1, t, n).unwrap();
+        let a = tf.step(&xi, &mut usual).unwrap();
+        let shape = moshi_engine::nn::transformer::Shape { batch: 2, steps: n, dtype: DType::F32, device: &Device::Cpu };
+        let ctx = tf.step_ctx_fixed(shape, &fixed).unwrap();
+        assert!(tf.graphable(&ctx), "the fixed layout should be graphable");
+        let b = tf.step_with_ctx(&xi, &mut fixed, &ctx).unwrap();
+        worst = worst.max(max_err(&b, &a).unwrap());
+        t += n;
+    }
+    eprintln!("fixed vs usual layout over {t} steps: max abs diff {worst:.2e}");
+    assert!(worst <= TOL, "fixed layout differs by {worst:e} (tolerance {TOL})");
+}

@@ -543,6 +543,16 @@ impl Transformer {
             state.caches = vec![KvCache::new(state.kv_cache); self.layers.len()];
         }
         let t = x.dim(1)?;
+        if let Some(c) = capacity.filter(|&c| t > c) {
+            // A ring of c slots keeps only the last c keys of a call, so the first queries of a
+            // longer one would lose their own keys (the reference's ring then attends to nothing:
+            // NaN). Such a call runs as calls of c steps, each as the reference streams it.
+            let mut outs = Vec::with_capacity(t.div_ceil(c));
+            for start in (0..t).step_by(c) {
+                outs.push(self.run(&x.narrow(1, start, c.min(t - start))?, state, capacity, inspect)?);
+            }
+            return Ok(Tensor::cat(&outs, 1)?);
+        }
         let ctx = self.ctx(x, state.offset, capacity, &state.starts)?;
         let mut x = self.with_sin(x, state.offset, &state.starts)?;
         for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {

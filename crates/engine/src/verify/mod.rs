@@ -6,6 +6,7 @@
 //! Every check is a [`Check`] row; a run passes when every row does, and the first failing row
 //! names the op, stage or layer where things go wrong.
 
+mod codec_graphs;
 pub mod golden;
 mod golden_personaplex;
 pub mod model;

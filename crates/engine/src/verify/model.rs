@@ -70,7 +70,7 @@ pub fn test_signal(samples: usize) -> Vec<f32> {
         .collect()
 }
 
-fn agreement(group: &str, name: &str, ours: &Tensor, reference: &Tensor, min: f64) -> Result<Check> {
+pub(super) fn agreement(group: &str, name: &str, ours: &Tensor, reference: &Tensor, min: f64) -> Result<Check> {
     let mut c = Check::codes(group, name, ours, reference)?;
     c.tol = 1.0 - min;
     // At least `min` of the tokens agree, exactly `min` included: compared as agreement, with
@@ -126,6 +126,13 @@ pub fn run(
     }
 
     progress("Mimi decode");
+    let graphs = crate::exec::RunOptions { cuda_graphs: true, ..crate::exec::RunOptions::default() };
+    if crate::exec::graph::applies(dut.mimi.device(), &graphs) {
+        // Past the transformers' rings (250 steps, 2 a frame), so that they wrap.
+        let mimi_frames = frames.max(140);
+        out.extend(super::codec_graphs::run(&dut.mimi, &test_signal(mimi_frames * n), mimi_frames, tol.rel, tol.agreement)?);
+        progress("Mimi CUDA graphs");
+    }
     // The LM, teacher-forced: text tokens pseudo-random, both audio sides the CPU's codes.
     let cfg = reference.lm.config();
     let t = codes.dim(2)?;
