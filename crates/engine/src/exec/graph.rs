@@ -20,8 +20,10 @@
 //! Where graphs are used: [`applies`] (CUDA, `RunOptions::cuda_graphs`): the temporal step
 //! (`lm::temporal_graph`: its 32 layers, `out_norm` and the text head, where the fused decode
 //! kernels run it, which read the step's position on the device) and, with the device sampler,
-//! the depformer's steps with their sampling (`lm::frame_graph`). Mimi and everything else, and
-//! every op with the option off, run eagerly.
+//! the depformer's steps with their sampling (`lm::frame_graph`), and Mimi's streaming encode and
+//! decode (`mimi::graph`: each frame's SEANet, transformer, resampling and RVQ, the transformer in
+//! the fixed layout of `exec::step_ctx`). Everything else, and every op with the option off, runs
+//! eagerly.
 
 use candle_core::Device;
 #[cfg(feature = "cuda")]

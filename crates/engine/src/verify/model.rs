@@ -1,7 +1,8 @@
 //! `verify model`: the same input through a model on the device under test and on the CPU in f32,
 //! stage by stage and layer by layer, so that the first stage or layer whose error leaves its
 //! tolerance is named. Mimi: encode stages from a deterministic test signal, decode stages from
-//! the CPU's codes (so a flipped code cannot hide a decoder error). LM: teacher-forced on the CPU's
+//! the CPU's codes (so a flipped code cannot hide a decoder error); on CUDA, Mimi's graphs
+//! (`verify::codec_graphs`). LM: teacher-forced on the CPU's
 //! codes (model and user streams) and deterministic text tokens: every temporal layer, `out_norm`,
 //! text logits, depformer logits, and how often the greedy choices agree.
 
