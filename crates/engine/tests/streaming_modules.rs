@@ -614,3 +614,60 @@ fn transformer_fixed_layout_equals_usual_layout() {
     eprintln!("fixed vs usual layout over {t} steps: max abs diff {worst:.2e}");
     assert!(worst <= TOL, "fixed layout differs by {worst:e} (tolerance {TOL})");
 }
+
+/// An LM-like transformer (RMSNorm in f32, gated SiLU, no LayerScale) with seeded weights under
+/// the LM's checkpoint names.
+fn lm_like_transformer(seed: u64) -> Transformer {
+    let cfg = TransformerConfig {
+        norm: NormKind::RmsNormF32,
+        ffn: FfnKind::GatedSilu,
+        layer_scale: false,
+        num_layers: 3,
+        ..mimi_like_config(16)
+    };
+    let mut rng = Rng::new(seed);
+    let (d, f) = (cfg.d_model, cfg.dim_feedforward);
+    let mut map = HashMap::new();
+    for i in 0..cfg.num_layers {
+        let mut put = |name: &str, t: Tensor| map.insert(format!("layers.{i}.{name}"), t);
+        put("norm1.alpha", rng.tensor(&[1, 1, d], 0.1).affine(1.0, 1.0).unwrap());
+        put("self_attn.in_proj_weight", rng.tensor(&[3 * d, d], 1.0 / (d as f32).sqrt()));
+        put("self_attn.out_proj.weight", rng.tensor(&[d, d], 1.0 / (d as f32).sqrt()));
+        put("norm2.alpha", rng.tensor(&[1, 1, d], 0.1).affine(1.0, 1.0).unwrap());
+        put("gating.linear_in.weight", rng.tensor(&[2 * f, d], 1.0 / (d as f32).sqrt()));
+        put("gating.linear_out.weight", rng.tensor(&[d, f], 1.0 / (f as f32).sqrt()));
+    }
+    Transformer::new(&cfg, vb_of(map)).unwrap()
+}
+
+/// The layers' fast form (each residual add handed to the norm after it, `Norm::add_forward`,
+/// fused into one kernel on CUDA) against the op-by-op form `verify` taps: on the CPU the same
+/// ops in the same order, so bit for bit, whole-sequence and streamed, every layer's output.
+#[test]
+fn transformer_deferred_residual_adds_equal_the_op_by_op_layers() {
+    for (name, tf) in [("mimi-like", transformer(&mimi_like_config(16), 43)), ("lm-like", lm_like_transformer(44))] {
+        let d = tf.config().d_model;
+        let x = Rng::new(12).tensor(&[2, 6, d], 1.0);
+        let mut tapped = Vec::new();
+        let want = tf
+            .forward_tapped(&x, &mut |_, op, t| {
+                if op == "residual_2" {
+                    tapped.push(t.clone());
+                }
+                Ok(t)
+            })
+            .unwrap();
+        assert_eq!(max_err(&tf.forward(&x).unwrap(), &want).unwrap(), 0.0, "{name}: forward vs tapped");
+        let mapped = tf.forward_map(&x, &mut |_, t| Ok(t)).unwrap();
+        assert_eq!(max_err(&mapped, &want).unwrap(), 0.0, "{name}: forward_map vs tapped");
+        // Streamed in one call: every layer's output (inspected) equals the tapped layer's.
+        let mut seen = Vec::new();
+        let mut state = TransformerState::default();
+        let got = tf.step_inspect(&x, &mut state, &mut |i, t| Ok(seen.push((i, t.clone())))).unwrap();
+        assert_eq!(max_err(&got, &want).unwrap(), 0.0, "{name}: streamed vs tapped");
+        assert_eq!(seen.len(), tapped.len(), "{name}: layers inspected");
+        for ((i, s), t) in seen.iter().zip(&tapped) {
+            assert_eq!(max_err(s, t).unwrap(), 0.0, "{name}: layer {i}");
+        }
+    }
+}

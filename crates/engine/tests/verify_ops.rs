@@ -9,9 +9,9 @@ use moshi_engine::verify::ops::{self, Fault};
 use moshi_engine::verify::{first_failure, table, Check};
 
 /// The primitives the engine uses; dropping one from the check must fail this test.
-const OPS: [&str; 24] = [
+const OPS: [&str; 25] = [
     "matmul", "linear", "linear_q8", "linear_q8_candle", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
-    "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
+    "add_rms_norm", "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
     "sample",
 ];
 

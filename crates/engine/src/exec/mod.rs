@@ -11,6 +11,7 @@
 //! | `conv1d` | f32, ≤ 8 output steps a call: our unfold + `linear`; else Candle's conv1d | Candle | Candle |
 //! | `conv_tr_taps` | one `linear` (depthwise: a broadcast product) | same | same |
 //! | `rms_norm` | op by op in f32 | Candle's fused kernel | Candle's fused kernel |
+//! | `add_rms_norm` (residual add + the next RMSNorm) | the add, then `rms_norm` | bf16: our kernel, one launch | the add, then `rms_norm` |
 //! | `silu_gate` | Candle's silu × gate | bf16: our kernel | Candle |
 //! | `attention` | Candle's ops, products in f32 | bf16 one-step streaming, Dh 64/128: our kernels | Candle |
 //! | `elu`, `gelu_erf`, `layer_norm`, `pointwise_conv`, `embedding` | Candle | Candle | Candle |
@@ -235,6 +236,36 @@ pub fn rms_norm(x: &Tensor, alpha: &Tensor, alpha_model: &Tensor, eps: f64) -> c
     let xf = x.to_dtype(DType::F32)?;
     let var = (xf.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?;
     xf.broadcast_mul(&var.sqrt()?.recip()?)?.broadcast_mul(alpha)?.to_dtype(dtype)
+}
+
+/// The residual add and the RMSNorm after it: (s, rms_norm(s)) for s = x + r. On CUDA in bf16
+/// one launch of our kernel (`cuda::add_rms_norm`: s as Candle's add gives it, the norm as its
+/// kernel computes it, to within the order of the sum of squares); elsewhere the add, then
+/// `rms_norm`, exactly as before.
+pub fn add_rms_norm(x: &Tensor, r: &Tensor, alpha: &Tensor, alpha_model: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if let p @ Policy { backend: Backend::Cuda, .. } = Policy::current(x.device()) {
+        if fused_add_norm(&p, x, r, alpha_model) {
+            let (x, r) = (p.input("add_rms_norm", x)?, p.input("add_rms_norm residual", r)?);
+            return cuda::add_rms_norm(&x, &r, alpha_model, eps as f32).map_err(candle_core::Error::wrap);
+        }
+    }
+    let s = (x + r)?;
+    let y = rms_norm(&s, alpha, alpha_model, eps)?;
+    Ok((s, y))
+}
+
+/// Whether `add_rms_norm` runs our fused kernel: CUDA, bf16 throughout, equal shapes, a width
+/// that is a multiple of 8, unless the process started with `MOSHI_FUSED_ADD_NORM=0` (for A/B
+/// benchmarks; `verify ops` compares the kernel with the unfused ops directly).
+#[cfg(feature = "cuda")]
+fn fused_add_norm(p: &Policy, x: &Tensor, r: &Tensor, alpha_model: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MOSHI_FUSED_ADD_NORM").is_none_or(|v| v != "0"))
+        && p.backend == Backend::Cuda
+        && [x.dtype(), r.dtype(), alpha_model.dtype()] == [DType::BF16; 3]
+        && x.dims() == r.dims()
+        && x.dims().last().is_some_and(|&d| d % 8 == 0 && alpha_model.elem_count() == d)
 }
 
 /// LayerNorm (Candle's, fused for contiguous inputs).

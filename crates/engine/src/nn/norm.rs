@@ -81,6 +81,21 @@ impl Norm {
     }
 }
 
+impl Norm {
+    /// (s, norm(s)) for s = x + r: the residual add and this norm, fused where the seam has a
+    /// kernel for both (`exec::add_rms_norm`); otherwise the add, then the norm.
+    pub fn add_forward(&self, x: &Tensor, r: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Norm::RmsF32 { alpha, alpha_model, eps } => crate::exec::add_rms_norm(x, r, alpha, alpha_model, *eps),
+            _ => {
+                let s = (x + r)?;
+                let y = self.forward(&s)?;
+                Ok((s, y))
+            }
+        }
+    }
+}
+
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {

@@ -45,6 +45,11 @@ impl<M> PerStep<M> {
         Ok(self)
     }
 
+    /// Whether there is one item per step position (else one shared by all).
+    pub fn is_per_step(&self) -> bool {
+        self.per_step
+    }
+
     /// Every weight set (one when shared).
     pub fn items(&self) -> &[M] {
         &self.items

@@ -218,8 +218,17 @@ impl Layer {
             + scale(&self.layer_scale_2)
     }
 
-    fn forward(&self, x: &Tensor, ctx: &StepCtx, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_tapped(x, ctx, cache, &mut |_, t| Ok(t))
+    /// The layer with the stream handed on unsummed: its input is x + r (x alone when r is
+    /// None) and its output the sum of the pair it returns, so that each residual add runs with
+    /// the norm after it (`Norm::add_forward`: one launch on CUDA), the last one in the next
+    /// layer. The same ops as `forward_tapped` otherwise (bit-identical where nothing fuses).
+    fn forward_deferred(&self, x: &Tensor, r: Option<&Tensor>, ctx: &StepCtx, cache: &mut KvCache) -> Result<(Tensor, Tensor)> {
+        let offset = ctx.offset;
+        let (x, n1) = add_norm(&self.norm1, x, r, offset)?;
+        let a = scaled(self.attn.forward(&n1, ctx, cache)?, &self.layer_scale_1)?;
+        let (x, n2) = add_norm(&self.norm2, &x, Some(&a), offset)?;
+        let f = scaled(self.ffn.apply(&n2, offset, |f, x| f.forward(x))?, &self.layer_scale_2)?;
+        Ok((x, f))
     }
 
     /// As `forward`, every op group's output through `tap` (see [`LAYER_OPS`]).
@@ -232,6 +241,29 @@ impl Layer {
         let f = tap("ffn", self.ffn.apply(&n2, offset, |f, x| f.forward(x))?)?;
         tap("residual_2", (x + scaled(f, &self.layer_scale_2)?)?)
     }
+}
+
+/// (s, norm(s)) for s = x + r (x alone when r is None), `norm` taken at `offset`: fused where
+/// one norm serves the whole call (shared weights, or one step of per-step ones).
+fn add_norm(norm: &PerStep<Norm>, x: &Tensor, r: Option<&Tensor>, offset: usize) -> Result<(Tensor, Tensor)> {
+    let forward = |s: &Tensor| norm.apply(s, offset, |n, x| Ok(n.forward(x)?));
+    match r {
+        None => Ok((x.clone(), forward(x)?)),
+        Some(r) if !norm.is_per_step() || x.dim(1)? == 1 => Ok(norm.at(offset)?.add_forward(x, r)?),
+        Some(r) => {
+            let s = (x + r)?;
+            let n = forward(&s)?;
+            Ok((s, n))
+        }
+    }
+}
+
+/// The stream after a chain of `Layer::forward_deferred`: its last residual add.
+fn settle(x: Tensor, r: Option<Tensor>) -> Result<Tensor> {
+    Ok(match r {
+        Some(r) => (x + r)?,
+        None => x,
+    })
 }
 
 /// Per-stream transformer state: one KV cache per layer (of the state's [`KvCacheKind`]) and
@@ -463,7 +495,7 @@ impl Transformer {
 
     /// Whole-sequence forward (every key kept; the context mask still applies).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, &mut TransformerState::default(), None, &mut |_, _| Ok(()))
+        self.run(x, &mut TransformerState::default(), None, None)
     }
 
     /// As `forward`, calling `inspect(layer index, layer output)` after every layer; the
@@ -472,14 +504,15 @@ impl Transformer {
         let ctx = self.ctx(x, 0, None, &[])?;
         let mut x = self.with_sin(x, 0, &[])?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = map(i, layer.forward(&x, &ctx, &mut KvCache::default())?)?;
+            let (s, r) = layer.forward_deferred(&x, None, &ctx, &mut KvCache::default())?;
+            x = map(i, (s + r)?)?;
         }
         Ok(x)
     }
 
     /// Streaming forward of the next `T` steps, continuing `state`.
     pub fn step(&self, x: &Tensor, state: &mut TransformerState) -> Result<Tensor> {
-        self.run(x, state, Some(self.cfg.context), &mut |_, _| Ok(()))
+        self.run(x, state, Some(self.cfg.context), None)
     }
 
     /// As `step`, calling `inspect(layer index, layer output)` after every layer (for finding
@@ -490,7 +523,7 @@ impl Transformer {
         state: &mut TransformerState,
         inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        self.run(x, state, Some(self.cfg.context), inspect)
+        self.run(x, state, Some(self.cfg.context), Some(inspect))
     }
 
     /// The context of the next one-step streaming call of `x` [B, 1, d] on `state` (what
@@ -525,11 +558,12 @@ impl Transformer {
             return Err(EngineError::Streaming(format!("a step context at {} for a state at {}", ctx.offset, state.offset)));
         }
         let mut x = self.with_sin(x, state.offset, &state.starts)?;
+        let mut r = None;
         for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
-            x = layer.forward(&x, ctx, cache)?;
+            (x, r) = layer.forward_deferred(&x, r.as_ref(), ctx, cache).map(|(x, r)| (x, Some(r)))?;
         }
         state.offset += x.dim(1)?;
-        Ok(x)
+        settle(x, r)
     }
 
     fn run(
@@ -537,7 +571,7 @@ impl Transformer {
         x: &Tensor,
         state: &mut TransformerState,
         capacity: Option<usize>,
-        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+        mut inspect: Option<&mut (dyn FnMut(usize, &Tensor) -> Result<()> + '_)>,
     ) -> Result<Tensor> {
         if state.caches.len() != self.layers.len() {
             state.caches = vec![KvCache::new(state.kv_cache); self.layers.len()];
@@ -549,18 +583,21 @@ impl Transformer {
             // NaN). Such a call runs as calls of c steps, each as the reference streams it.
             let mut outs = Vec::with_capacity(t.div_ceil(c));
             for start in (0..t).step_by(c) {
-                outs.push(self.run(&x.narrow(1, start, c.min(t - start))?, state, capacity, inspect)?);
+                outs.push(self.run(&x.narrow(1, start, c.min(t - start))?, state, capacity, inspect.as_deref_mut())?);
             }
             return Ok(Tensor::cat(&outs, 1)?);
         }
         let ctx = self.ctx(x, state.offset, capacity, &state.starts)?;
         let mut x = self.with_sin(x, state.offset, &state.starts)?;
+        let mut r = None;
         for (i, (layer, cache)) in self.layers.iter().zip(state.caches.iter_mut()).enumerate() {
-            x = layer.forward(&x, &ctx, cache)?;
-            inspect(i, &x)?;
+            (x, r) = layer.forward_deferred(&x, r.as_ref(), &ctx, cache).map(|(x, r)| (x, Some(r)))?;
+            if let Some(inspect) = inspect.as_mut() {
+                inspect(i, &(&x + r.as_ref().expect("set above"))?)?;
+            }
         }
         state.offset += t;
-        Ok(x)
+        settle(x, r)
     }
 }
 

@@ -41,7 +41,7 @@ use crate::error::{EngineError, Result};
 /// Every op checked, in table order. The group names are these followed by " f32" or " bf16".
 const OPS: &[&str] = &[
     "matmul", "linear", "linear_q8", "linear_q8_candle", "conv1d", "conv_tr1d", "elu", "gelu_erf", "silu", "softmax", "layer_norm", "rms_norm",
-    "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
+    "add_rms_norm", "rope", "attention", "embedding", "argmax", "reduce", "add", "mul", "cat", "narrow", "to_dtype", "slice_set",
     "sample",
 ];
 

@@ -177,6 +177,17 @@ fn rms_norm(e: &mut Env, shape: [usize; 3], l: L) -> Result<Tensor> {
     Ok(norm.forward(&input(e, shape, 2.0, 0.5, l)?)?)
 }
 
+/// The residual add and the RMSNorm after it (`exec::add_rms_norm`; on CUDA in bf16 our fused
+/// kernel): x laid out as `l`, r contiguous; both outputs, the sum and the norm, side by side.
+fn add_rms_norm(e: &mut Env, shape: [usize; 3], l: L) -> Result<Tensor> {
+    let alpha = (e.host(&[shape[2]], 0.2)? + 1.0)?;
+    let norm = Norm::RmsF32 { alpha: e.put_as(&alpha, DType::F32)?, alpha_model: e.put(&alpha)?, eps: 1e-8 };
+    let x = input(e, shape, 2.0, 0.5, l)?;
+    let r = input(e, shape, 1.0, 0.0, L::Contiguous)?;
+    let (s, y) = norm.add_forward(&x, &r)?;
+    Ok(Tensor::cat(&[s, y], 2)?)
+}
+
 /// q or k [2, 3, 5, 16] at `offset`; `permuted`: the view attention takes out of the fused QKV.
 fn rope(e: &mut Env, offset: usize, permuted: bool) -> Result<Tensor> {
     let x = if permuted {
@@ -337,6 +348,14 @@ pub(super) fn all() -> Vec<Case> {
         f("rms_norm", "narrowed", |e| rms_norm(e, [2, 7, 64], Narrowed)),
         f("rms_norm", "broadcast", |e| rms_norm(e, [2, 7, 64], Broadcast)),
         f("rms_norm", "long rows", |e| rms_norm(e, [1, 3, 1000], Contiguous)),
+        // The depformer's and the temporal LM's widths (one block per row, 4 and 16 values a
+        // thread), a strided input (copied first), and a width the kernel does not take (not a
+        // multiple of 8: the unfused ops).
+        f("add_rms_norm", "depformer width", |e| add_rms_norm(e, [2, 1, 1024], Contiguous)),
+        f("add_rms_norm", "temporal width", |e| add_rms_norm(e, [1, 1, 4096], Contiguous)),
+        f("add_rms_norm", "transposed", |e| add_rms_norm(e, [2, 7, 64], Transposed)),
+        f("add_rms_norm", "width 1000, 3 rows", |e| add_rms_norm(e, [1, 3, 1000], Contiguous)),
+        f("add_rms_norm", "width 60", |e| add_rms_norm(e, [2, 3, 60], Contiguous)),
         f("rope", "offset 0", |e| rope(e, 0, false)),
         f("rope", "offset 37", |e| rope(e, 37, false)),
         f("rope", "offset 37, QKV view", |e| rope(e, 37, true)),

@@ -300,6 +300,62 @@ extern "C" __global__ void silu_gate_bf16(const __nv_bfloat16* __restrict__ h, _
 }
 
 // ---------------------------------------------------------------------------------------------
+// The residual add and the RMSNorm after it, in one launch (the pre-norm transformer's
+// x + f(x) followed by the next norm): s = x + r rounded to bf16 as Candle's add rounds it (one
+// bf16 addition, `__hadd`), then y = s · rsqrt(mean(s²) + eps) · alpha in f32, rounded once, as
+// Candle's rms_norm computes it from the stored s. One block of ADD_NORM_THREADS per row, each
+// thread 8 values a pass (16-byte loads; d a multiple of 8, the host checks).
+#define ADD_NORM_THREADS 256
+extern "C" __global__ void __launch_bounds__(ADD_NORM_THREADS) add_rms_norm_bf16(
+    const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ r, const __nv_bfloat16* __restrict__ alpha,
+    __nv_bfloat16* __restrict__ s_out, __nv_bfloat16* __restrict__ y, int d, float eps) {
+    __shared__ float warp_sums[ADD_NORM_THREADS / 32];
+    const size_t row = blockIdx.x;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + row * d);
+    const uint4* rr = reinterpret_cast<const uint4*>(r + row * d);
+    uint4* sr = reinterpret_cast<uint4*>(s_out + row * d);
+    const int n8 = d / 8;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n8; i += ADD_NORM_THREADS) {
+        uint4 a = xr[i];
+        const uint4 b = rr[i];
+        __nv_bfloat162* ah = reinterpret_cast<__nv_bfloat162*>(&a);
+        const __nv_bfloat162* bh = reinterpret_cast<const __nv_bfloat162*>(&b);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            ah[j] = __hadd2(ah[j], bh[j]);
+            const float2 f = __bfloat1622float2(ah[j]);
+            ss = fmaf(f.x, f.x, ss);
+            ss = fmaf(f.y, f.y, ss);
+        }
+        sr[i] = a;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < ADD_NORM_THREADS / 32; w++) total += warp_sums[w];
+    const float scale = rsqrtf(total / d + eps);
+    const uint4* ar = reinterpret_cast<const uint4*>(alpha);
+    uint4* yr = reinterpret_cast<uint4*>(y + row * d);
+    // Each thread reads back the sums it stored itself (same thread, same addresses: ordered).
+    for (int i = threadIdx.x; i < n8; i += ADD_NORM_THREADS) {
+        uint4 v = sr[i];
+        const uint4 al = __ldg(ar + i);
+        __nv_bfloat162* vh = reinterpret_cast<__nv_bfloat162*>(&v);
+        const __nv_bfloat162* alh = reinterpret_cast<const __nv_bfloat162*>(&al);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 f = __bfloat1622float2(vh[j]);
+            const float2 g = __bfloat1622float2(alh[j]);
+            vh[j] = __floats2bfloat162_rn(scale * f.x * g.x, scale * f.y * g.y);
+        }
+        yr[i] = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The device sampler: one block per batch row, the host sampler's arithmetic (lm/sampling.rs)
 // reproduced operation for operation, so that the same logits and noise give the same token:
 // softmax(logits / T) in f32 with `moshi_exp` (the host's `exp_f32`), its sum in token order by

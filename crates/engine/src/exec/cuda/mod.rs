@@ -10,6 +10,7 @@
 //!   place (16-byte loads, several rows per warp), split over chunks of slots (flash-decoding)
 //!   and combined in a second launch; rows see only positions from their stream's start.
 //! - `silu_gate`: the gated FFN's silu(a)·b in one launch.
+//! - `add_rms_norm_bf16`: a residual add and the RMSNorm after it in one launch.
 //! - `q8` (`q8.cu`): the 8-bit weight product (issue 17), see that module.
 //! - `sample_tokens_{f32,bf16}`: the host sampler (`lm::sampling::sample`) on the device, one
 //!   block per row, operation for operation (see `exec::sampler`).
@@ -181,6 +182,40 @@ pub fn silu_gate(h: &Tensor) -> Result<Tensor> {
     unsafe { l.launch(launch_cfg((total.div_ceil(256), 1), 256)) }.map_err(candle_core::Error::wrap)?;
     Ok(out)
 }
+
+/// The residual add and the RMSNorm after it in one launch: x, r [.., d] bf16, alpha [d] bf16 →
+/// (s = x + r, rms_norm(s) · alpha), both bf16, s rounded as Candle's add rounds it and the norm
+/// computed from that s as Candle's kernel computes it (f32; the sum of squares in another order).
+pub fn add_rms_norm(x: &Tensor, r: &Tensor, alpha: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_dev(x)?;
+    let d = *x.dims().last().ok_or_else(|| EngineError::InvalidInput("add_rms_norm of a scalar".into()))?;
+    if x.dims() != r.dims() || alpha.elem_count() != d || d % 8 != 0 || [x.dtype(), r.dtype(), alpha.dtype()] != [DType::BF16; 3] {
+        return Err(EngineError::InvalidInput(format!(
+            "add_rms_norm: x {:?} {:?}, r {:?} {:?}, alpha {:?} {:?} (bf16, widths a multiple of 8)",
+            x.dims(),
+            x.dtype(),
+            r.dims(),
+            r.dtype(),
+            alpha.dims(),
+            alpha.dtype()
+        )));
+    }
+    let rows = x.elem_count() / d;
+    let (s, y) = (alloc::<half::bf16>(&dev, x.dims())?, alloc::<half::bf16>(&dev, x.dims())?);
+    // Bound, not temporaries: the buffers must outlive the launch.
+    let (x, r, alpha) = (x.contiguous()?, r.contiguous()?, alpha.contiguous()?);
+    let (xp, rp, ap) = (ptr::<half::bf16>(&x, &dev)?, ptr::<half::bf16>(&r, &dev)?, ptr::<half::bf16>(&alpha, &dev)?);
+    let (sp, yp, di) = (ptr::<half::bf16>(&s, &dev)?, ptr::<half::bf16>(&y, &dev)?, d as i32);
+    let f = dev.get_or_load_custom_func("add_rms_norm_bf16", MODULE, PTX)?;
+    let mut l = f.builder();
+    l.arg(&xp).arg(&rp).arg(&ap).arg(&sp).arg(&yp).arg(&di).arg(&eps);
+    // SAFETY: as in `decode_attention`: rows × d elements in every buffer, alpha d.
+    unsafe { l.launch(launch_cfg((rows as u32, 1), ADD_NORM_THREADS)) }.map_err(candle_core::Error::wrap)?;
+    Ok((s, y))
+}
+
+/// The add-norm kernel's block size (kernels.cu ADD_NORM_THREADS).
+const ADD_NORM_THREADS: u32 = 256;
 
 /// Where one sampling call's inputs and outputs are (see `exec::sampler`): per-row temperatures
 /// and top-k (f32, [B] each) and the noise ([B, noise_stride]) inside the frame's parameter
