@@ -12,6 +12,8 @@
 #   quick    verify model on a 2-layer full-width random model, f32 and bf16 (a minute)
 #   sampler  batch 1 with the host sampler, beside b1's device sampler
 #   eager    batch 1 (LM bench and whole pipeline) with --cuda-graphs off, beside b1 (graphs on)
+#   unfused  batch 1 (LM bench and whole pipeline) with MOSHI_FUSED_ADD_NORM=0 (residual adds and
+#            RMSNorms as separate launches), beside b1 (fused)
 #   scale    LM step breakdown (per temporal layer, synchronised) at B=96 and 128, full context, 8-bit KV
 #   startup  write a random full-size 7B to the local disk once, then time `run` from there
 #            (launch → first frame), page cache dropped first where allowed, then warm
@@ -89,6 +91,11 @@ eager)
   grep "^{" "$OUT/lm_bench_b1_eager.txt" | tail -c 700; echo
   run bench_b1_eager bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --cuda-graphs off --json
   grep "^{" "$OUT/bench_b1_eager.txt" ;;
+unfused)
+  MOSHI_FUSED_ADD_NORM=0 run lm_bench_b1_unfused lm bench --device cuda --dtype bf16 --layers 32 --steps 100 --warmup 10
+  grep "^{" "$OUT/lm_bench_b1_unfused.txt" | tail -c 700; echo
+  MOSHI_FUSED_ADD_NORM=0 run bench_b1_unfused bench --model random --device cuda --dtype bf16 --frames "$FRAMES" --warmup 10 --json
+  grep "^{" "$OUT/bench_b1_unfused.txt" ;;
 scale)
   for b in ${SCALE:-96 128}; do
     run lm_bench_b${b}_int8 lm bench --device cuda --dtype bf16 --layers 32 --steps 10 --warmup 2 --batch $b --context-fill 3000 --kv-cache int8
